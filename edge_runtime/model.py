@@ -1,0 +1,183 @@
+"""Open a .tflite file safely: check it, read its metadata, create the interpreter, describe its I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, metadata, tflite_format
+from .errors import EdgetlError
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    index: int
+    shape: tuple
+    shape_signature: tuple
+    dtype: np.dtype
+    scale: float = 0.0
+    zero_point: int = 0
+    channel_scales: int = 0  # number of per-channel scales (0 or 1: per-tensor)
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.dtype(self.dtype).kind in "iu"
+
+    def describe(self) -> dict:
+        d = {
+            "name": self.name,
+            "shape": list(self.shape),
+            "shape_signature": list(self.shape_signature),
+            "dtype": np.dtype(self.dtype).name,
+        }
+        if self.quantized:
+            d["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
+        return d
+
+
+def _tensor_info(d: dict) -> TensorInfo:
+    scale, zp = d.get("quantization", (0.0, 0))
+    qp = d.get("quantization_parameters") or {}
+    return TensorInfo(
+        name=d["name"],
+        index=int(d["index"]),
+        shape=tuple(int(x) for x in d["shape"]),
+        shape_signature=tuple(int(x) for x in d.get("shape_signature", d["shape"])),
+        dtype=np.dtype(d["dtype"]),
+        scale=float(scale),
+        zero_point=int(zp),
+        channel_scales=len(qp.get("scales", ())),
+    )
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    size_bytes: int
+    content: bytes
+    structure: dict
+    meta: dict | None
+    backend: backends.Backend
+    interpreter: object
+    num_threads: int
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    ops: list = field(default_factory=list)  # original operator names, in execution order
+    delegated: bool = False  # XNNPACK (or another delegate) took over part of the graph
+
+    @property
+    def input(self) -> TensorInfo:
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorInfo:
+        return self.outputs[0]
+
+    def op_counts(self) -> dict:
+        return dict(Counter(self.ops).most_common())
+
+    def output_is_probabilities(self) -> bool:
+        """True when the output comes out of a SOFTMAX (possibly through quantize/reshape ops)."""
+        if self.meta and "probabilities" in (self.meta.get("output") or {}):
+            return bool(self.meta["output"]["probabilities"])
+        producers = {}
+        for op in self._op_details:
+            for t in op["outputs"]:
+                producers[int(t)] = op
+        t = self.output.index
+        for _ in range(8):
+            op = producers.get(t)
+            if op is None:
+                return False
+            if op["op_name"] == "SOFTMAX":
+                return True
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
+                return False
+            t = int(op["inputs"][0])
+        return False
+
+    _op_details: list = field(default_factory=list, repr=False)
+
+
+def check_file(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise EdgetlError(f"model file not found: {p}", hint="check the path")
+    if p.is_dir():
+        raise EdgetlError(f"{p} is a folder, not a .tflite model",
+                          hint="pass the model file, e.g. RUN/model_int8.tflite")
+    return p
+
+
+def load(path, num_threads: int | None = None, backend: str | None = None) -> LoadedModel:
+    p = check_file(path)
+    content = p.read_bytes()
+    structure = tflite_format.parse_model(content, str(p))
+    meta = metadata.read(content)
+    be = backends.resolve(backend)
+    threads = backends.default_threads() if num_threads is None else int(num_threads)
+    try:
+        interp = backends.make_interpreter(be, content, threads)
+    except ValueError as e:
+        raise EdgetlError(f"{p}: the interpreter refused the model ({e})",
+                          hint="the file is corrupt or was written for a newer runtime") from None
+    try:
+        op_details = list(interp._get_ops_details())  # before allocation: the original operators
+    except Exception:  # private API; op names are informative only
+        op_details = []
+    try:
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        raise EdgetlError(f"{p}: cannot prepare the model ({str(e).strip().splitlines()[0]})",
+                          hint="the model needs operators this runtime lacks; try another --backend") from None
+    delegated = False
+    try:
+        delegated = any(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
+    except Exception:
+        pass
+    m = LoadedModel(
+        path=p,
+        size_bytes=len(content),
+        content=content,
+        structure=structure,
+        meta=meta,
+        backend=be,
+        interpreter=interp,
+        num_threads=threads,
+        inputs=[_tensor_info(d) for d in interp.get_input_details()],
+        outputs=[_tensor_info(d) for d in interp.get_output_details()],
+        ops=[op["op_name"] for op in op_details],
+        delegated=delegated,
+    )
+    m._op_details = op_details
+    return m
+
+
+def check_image_classifier(m: LoadedModel):
+    """Refuse models that do not take one image and give one score vector."""
+    if len(m.inputs) != 1:
+        raise EdgetlError(f"{m.path}: model has {len(m.inputs)} inputs; an image classifier has one",
+                          hint="edgetl runs single-image classifiers")
+    i = m.input
+    if len(i.shape) != 4 or i.shape[3] not in (1, 3):
+        raise EdgetlError(
+            f"{m.path}: model input is not an image (shape {list(i.shape)}, {i.dtype.name}); "
+            "expected [batch, height, width, 3]",
+            hint="edgetl runs image classifiers",
+        )
+    if i.dtype.name not in ("uint8", "int8", "float32", "float16"):
+        raise EdgetlError(f"{m.path}: unsupported input type {i.dtype.name}", hint="expected uint8, int8 or float32")
+    if len(m.outputs) != 1:
+        raise EdgetlError(f"{m.path}: model has {len(m.outputs)} outputs; a classifier has one score vector",
+                          hint="edgetl runs single-output classifiers")
+    o = m.output
+    if int(np.prod(o.shape)) != o.shape[-1] * (o.shape[0] if o.shape else 1) or len(o.shape) < 2:
+        raise EdgetlError(f"{m.path}: model output is not a score vector (shape {list(o.shape)})",
+                          hint="edgetl runs classifiers whose output is [batch, classes]")
+    if o.shape[-1] < 2:
+        raise EdgetlError(f"{m.path}: model output has {o.shape[-1]} score(s); a classifier has at least 2",
+                          hint="edgetl runs classifiers whose output is [batch, classes]")

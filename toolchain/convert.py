@@ -1,0 +1,266 @@
+"""Keras -> TFLite in four precisions, with a full-integer check and metadata inside the file.
+
+- ``int8``: full-integer post-training quantization (TFLITE_BUILTINS_INT8 only) calibrated on photos
+  preprocessed exactly as in training; I/O ``uint8`` by default (the device feeds raw pixels), ``int8``
+  or ``float32``. The result is inspected: any operator left computing in float is an error that names
+  it, never a silent hybrid.
+- ``float16``: float16 weights, float32 compute and I/O.
+- ``dynamic``: int8 weights, activations quantized on the fly (dynamic range).
+- ``float32``: plain conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import __version__, inspect_model
+from edge_runtime import metadata as meta_mod
+from edge_runtime import model as model_mod
+from edge_runtime.classifier import Classifier
+from edge_runtime.errors import EdgetlError
+
+from . import modeling, parity, runfolder, ui
+from .quiet import silenced
+
+
+def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
+            log_path: Path | None = None) -> bytes:
+    """TFLite flatbuffer bytes of ``model`` in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3)."""
+    tf, keras = modeling.import_keras()
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise EdgetlError("int8 conversion needs calibration photos, and the calibration set is empty",
+                              hint="pass --calibration DIR with photos like the ones the model will see")
+        lo, hi = value_range
+        a = np.float32((hi - lo) / 255.0)
+
+        def representative():
+            for t in calibration:
+                x = np.asarray(t, np.float32)[None]
+                if (lo, hi) != (0.0, 255.0):
+                    x = x * a + np.float32(lo)
+                yield [x]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io]
+        conv.inference_input_type = io_type
+        conv.inference_output_type = io_type
+    elif mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode != "float32":
+        raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
+    try:
+        with silenced(log_path):
+            return bytes(conv.convert())
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
+                          hint=f"see {log_path}" if log_path else "run again with a supported model") from None
+
+
+def check_full_integer(path: Path):
+    """EdgetlError naming the operators that still compute in float, if any."""
+    m = model_mod.load(path, num_threads=1)
+    bad = inspect_model.float_ops(m)
+    if bad:
+        names = ", ".join(f"{b['op']} (#{b['index']})" for b in bad[:12])
+        raise EdgetlError(
+            f"the int8 model is not full-integer: {len(bad)} operator(s) still compute in float: {names}",
+            hint="these ops have no int8 kernel in this converter; use --mode dynamic or float16 for this model",
+        )
+    return m
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, keras_sha: str, dataset: dict,
+                  parity_figures: dict | None, io: str) -> dict:
+    inp, out = loaded.input, loaded.output
+    return {
+        "format": meta_mod.FORMAT,
+        "format_version": meta_mod.FORMAT_VERSION,
+        "edgetl_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": "image_classification",
+        "mode": mode,
+        "full_integer": not inspect_model.float_ops(loaded),
+        "labels": list(labels),
+        "input": {
+            "size": [int(size[0]), int(size[1])],
+            "color": "RGB",
+            "layout": "NHWC",
+            "resize": resize,
+            "interpolation": "area (shrink) / bilinear (enlarge)",
+            "value_range": [float(value_range[0]), float(value_range[1])],
+            "value_range_note": "the model expects pixel 0 -> value_range[0], 255 -> value_range[1]",
+            "dtype": inp.dtype.name,
+            "quantization": {"scale": inp.scale, "zero_point": inp.zero_point} if inp.quantized else None,
+        },
+        "output": {
+            "dtype": out.dtype.name,
+            "quantization": {"scale": out.scale, "zero_point": out.zero_point} if out.quantized else None,
+            "probabilities": True,
+        },
+        "io": io,
+        "keras_model_sha256": keras_sha,
+        "dataset": dataset,
+        "parity": parity_figures,
+    }
+
+
+def _parity_summary(p: dict, data_desc: str) -> dict:
+    keys = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
+            "max_prob_diff")
+    return {"data": data_desc, **{k: p.get(k) for k in keys}}
+
+
+def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
+                keras_sha, dataset, eval_tensors, eval_labels, eval_desc, max_drop, min_agreement, log_dir: Path,
+                p_keras=None) -> dict:
+    """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    io_used = io if mode == "int8" else "float32"
+    t0 = time.perf_counter()
+    flat = convert(model, mode, calibration, io_used, value_range, log_dir / f"convert_{mode}.log")
+    seconds = time.perf_counter() - t0
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        draft = make_metadata(_load_bytes(flat, tmp), mode, labels, size, resize, value_range, keras_sha, dataset,
+                              None, io_used)
+        tmp.write_bytes(meta_mod.embed(flat, draft))
+        loaded = check_full_integer(tmp) if mode == "int8" else model_mod.load(tmp, num_threads=1)
+        result = {"mode": mode, "io": io_used, "convert_seconds": round(seconds, 2),
+                  "full_integer": not inspect_model.float_ops(loaded),
+                  "precision": inspect_model.precision(loaded), "backend": str(loaded.backend)}
+        if eval_tensors is not None and len(eval_tensors):
+            clf = Classifier(tmp, num_threads=2, warn=False)
+            if p_keras is None:
+                p_keras = parity.keras_probabilities(model, eval_tensors, value_range)
+            p_tfl = parity.tflite_probabilities(clf, eval_tensors, desc=f"parity {mode}")
+            cmp = parity.compare(p_keras, p_tfl, eval_labels, labels)
+            passed, reason = parity.gate(cmp, max_drop, min_agreement)
+            result.update({k: cmp.get(k) for k in ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt",
+                                                   "agreement", "kl_mean", "cosine_mean", "max_prob_diff")})
+            result["test_accuracy"] = cmp.get("tflite_accuracy")
+            result["confusion"] = cmp.get("confusion")
+            result["confusion_change"] = cmp.get("confusion_change")
+            result["passed"], result["reason"] = passed, reason or None
+            result["latency_ms"] = parity.tflite_latency(tmp, eval_tensors[0])
+            result["latency_ms_p50"] = result["latency_ms"]["1"]
+            figures = _parity_summary(cmp, eval_desc)
+            figures.update({"max_drop": max_drop, "min_agreement": min_agreement, "passed": passed})
+        else:
+            figures = None
+            result.update({"passed": True, "reason": None})
+        final = meta_mod.embed(flat, make_metadata(loaded, mode, labels, size, resize, value_range, keras_sha,
+                                                   dataset, figures, io_used))
+        runfolder.write_bytes(out_path, final)
+        result["path"] = out_path.name
+        result["size_bytes"] = len(final)
+        result["flatbuffer_bytes"] = len(flat)
+        meta_json = meta_mod.read(final)
+        runfolder.write_json(out_path.with_suffix(".json"), {"file": out_path.name, "size_bytes": len(final),
+                                                              "metadata": meta_json, "figures": _public(result)})
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("confusion", "confusion_change")}
+
+
+def _load_bytes(flat: bytes, tmp: Path):
+    tmp.write_bytes(flat)
+    return model_mod.load(tmp, num_threads=1)
+
+
+def calibration_from_run(ds, cfg) -> np.ndarray:
+    rows = ds.rows("train")
+    rng = np.random.default_rng(cfg.seed)
+    pick = np.sort(rng.choice(rows, size=min(cfg.calibration_size, len(rows)), replace=False))
+    return np.asarray(ds.images[pick])
+
+
+def calibration_from_dir(path, size, resize, classes, n: int, seed: int) -> np.ndarray:
+    tensors, _, _, skipped = parity.load_folder(path, size, resize, classes, progress="calibration photos")
+    if skipped:
+        ui.warn(f"{len(skipped)} unreadable calibration file(s) skipped, e.g. {skipped[0]['path']}: "
+                f"{skipped[0]['reason']}")
+    if len(tensors) > n:
+        rng = np.random.default_rng(seed)
+        tensors = tensors[np.sort(rng.choice(len(tensors), n, replace=False))]
+    return tensors
+
+
+def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True) -> dict:
+    """Convert a run's model.keras to each mode, with parity on the run's test split. Updates report.json."""
+    from . import data as data_mod
+
+    run = Path(run)
+    modes = list(modes or cfg.quantize)
+    existing = [m for m in modes if (run / f"model_{m}.tflite").exists()]
+    if existing and not force:
+        raise EdgetlError(f"{run} already has {', '.join(f'model_{m}.tflite' for m in existing)}",
+                          hint="pass --force to convert again")
+    if model is None:
+        model = modeling.load(run / "model.keras")
+    if ds is None:
+        ds = data_mod.load(run)
+    labels = ds.classes
+    size = (cfg.image_size, cfg.image_size)
+    keras_sha = sha256_file(run / "model.keras")
+    if "int8" in modes:
+        if calibration_dir:
+            calib = calibration_from_dir(calibration_dir, size, cfg.resize, labels, cfg.calibration_size, cfg.seed)
+            calib_desc = str(calibration_dir)
+        else:
+            calib = calibration_from_run(ds, cfg)
+            calib_desc = "train split"
+    else:
+        calib, calib_desc = None, None
+    test_rows = ds.rows("test")
+    eval_tensors = np.asarray(ds.images[test_rows])
+    eval_labels = ds.labels("test")
+    summary = ds.summary()
+    summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else int(len(calib))}
+    p_keras = parity.keras_probabilities(model, eval_tensors, (0.0, 255.0))
+    results = {}
+    for mode in modes:
+        ui.info(f"converting to {mode} ...")
+        r = convert_one(model, mode, run / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
+                        value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
+                        keras_sha=keras_sha, dataset=summary, eval_tensors=eval_tensors, eval_labels=eval_labels,
+                        eval_desc=f"{'val' if ds.test_is_val else 'test'} split of the run",
+                        max_drop=cfg.max_drop, min_agreement=cfg.min_agreement, log_dir=run / "logs",
+                        p_keras=p_keras)
+        results[mode] = r
+        ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
+                f"test acc {r.get('test_accuracy')}, agreement {r.get('agreement')}, "
+                f"p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
+    rep = runfolder.read_report(run)
+    tfl = dict(rep.get("tflite") or {})
+    tfl.update(results)
+    runfolder.update_report(run, tflite=tfl)
+    return results

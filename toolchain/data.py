@@ -1,0 +1,395 @@
+"""From a folder of labelled photos to a validated, split, decoded-once dataset.
+
+Layouts: ``DATA_DIR/<class>/...`` (the split is made here: seeded, stratified, recorded in
+``split.json``), or ``DATA_DIR/{train,val[,test]}/<class>/...`` (the given split is used; without
+``test/`` the validation split doubles as the test split, and the report says so).
+
+Every file is read by content (see edge_runtime.preprocess). Unreadable files are listed with the
+reason and skipped (``strict`` makes them an error). Each usable photo is decoded and fitted once, with
+the runtime's own preprocessing, into ``RUN/cache/images.u8``: a memory-mapped uint8 array, so memory
+does not grow with the dataset and later stages never decode again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import preprocess
+from edge_runtime.errors import EdgetlError, ImageError
+
+from . import runfolder, ui
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class Dataset:
+    data_dir: Path
+    classes: list
+    layout: str  # "folders" (split made here) or "splits" (given)
+    image_size: int
+    resize: str
+    images: np.ndarray  # (rows, S, S, 3) uint8, memory-mapped
+    files: dict  # split -> list of [relpath, label, row]
+    skipped: list = field(default_factory=list)  # [{"path", "reason"}]
+    notes: list = field(default_factory=list)
+    test_is_val: bool = False
+
+    def rows(self, split: str) -> np.ndarray:
+        split = "val" if (split == "test" and self.test_is_val) else split
+        return np.asarray([f[2] for f in self.files.get(split, [])], dtype=np.int64)
+
+    def labels(self, split: str) -> np.ndarray:
+        split = "val" if (split == "test" and self.test_is_val) else split
+        return np.asarray([f[1] for f in self.files.get(split, [])], dtype=np.int64)
+
+    def paths(self, split: str) -> list:
+        split = "val" if (split == "test" and self.test_is_val) else split
+        return [str(self.data_dir / f[0]) for f in self.files.get(split, [])]
+
+    def counts(self) -> dict:
+        out = {}
+        for s in SPLITS:
+            if s not in self.files:
+                continue
+            c = {name: 0 for name in self.classes}
+            for _, label, _ in self.files[s]:
+                c[self.classes[label]] += 1
+            out[s] = c
+        return out
+
+    def summary(self) -> dict:
+        counts = self.counts()
+        return {
+            "data_dir": str(self.data_dir),
+            "classes": self.classes,
+            "layout": self.layout,
+            "counts": counts,
+            "total": sum(sum(c.values()) for c in counts.values()),
+            "skipped": len(self.skipped),
+            "test_split": "val" if self.test_is_val else "test",
+        }
+
+
+# ---------------------------------------------------------------- scanning
+
+
+def _subdirs(p: Path) -> list:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _find_split_dirs(data_dir: Path) -> dict:
+    found = {}
+    names = {d.name.lower(): d for d in _subdirs(data_dir)}
+    for split, aliases in SPLIT_ALIASES.items():
+        for a in aliases:
+            if a in names:
+                found[split] = names[a]
+                break
+    return found
+
+
+def scan(data_dir) -> tuple:
+    """(layout, classes, {split_or_'all': [(path, label)]}) of a data folder; errors for bad layouts."""
+    d = Path(data_dir)
+    if not d.exists():
+        raise EdgetlError(f"data folder not found: {d}", hint="pass a folder with one sub-folder per class")
+    if not d.is_dir():
+        raise EdgetlError(f"{d} is a file, not a data folder", hint="pass a folder with one sub-folder per class")
+    split_dirs = _find_split_dirs(d)
+    if "train" in split_dirs:
+        if "val" not in split_dirs:
+            raise EdgetlError(f"{d} has a train/ folder but no val/ folder",
+                              hint="add val/ (same class folders), or put the class folders directly in DATA_DIR")
+        classes = [c.name for c in _subdirs(split_dirs["train"])]
+        _check_classes(classes, split_dirs["train"])
+        groups = {}
+        for split, sd in split_dirs.items():
+            sub = [c.name for c in _subdirs(sd)]
+            if sorted(sub) != classes:
+                missing = sorted(set(classes) - set(sub))
+                extra = sorted(set(sub) - set(classes))
+                raise EdgetlError(
+                    f"{sd}: class folders differ from train/ (missing: {', '.join(missing) or '-'}; "
+                    f"extra: {', '.join(extra) or '-'})",
+                    hint="every split folder must hold the same class folders",
+                )
+            groups[split] = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(sd / c)]
+        return "splits", classes, groups
+    classes = [c.name for c in _subdirs(d)]
+    _check_classes(classes, d)
+    loose = [f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if loose:
+        ui.warn(f"{len(loose)} file(s) directly in {d} are ignored (not in a class folder), e.g. {loose[0].name}")
+    files = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(d / c)]
+    return "folders", classes, {"all": files}
+
+
+def _check_classes(classes, where: Path):
+    if not classes:
+        raise EdgetlError(f"{where} has no class folders",
+                          hint="put each class's photos in its own sub-folder, e.g. photos/cat/, photos/dog/")
+    if len(classes) == 1:
+        raise EdgetlError(f"{where} has only one class folder ({classes[0]}); a classifier needs at least two",
+                          hint="add a folder for each other class")
+    for c in classes:
+        if not any(True for _ in preprocess.iter_image_files(where / c)):
+            raise EdgetlError(f"class folder {where / c} is empty", hint="add photos to it or remove it")
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def stratified_split(items: list, n_classes: int, fractions, seed: int) -> dict:
+    """Seeded, stratified split of (key, label) items into train/val/test by ``fractions``.
+
+    Each class is shuffled with its own generator (seeded by ``seed`` and the class), so adding a photo to
+    one class never reshuffles another. Validation and test get at least one photo per class."""
+    fr = list(fractions) + [0.0] * (3 - len(fractions))
+    by_class = defaultdict(list)
+    for key, label in items:
+        by_class[label].append(key)
+    out = {s: [] for s in SPLITS if s == "train" or fr[SPLITS.index(s)] > 0}
+    for label in range(n_classes):
+        keys = sorted(by_class.get(label, []))
+        rng = np.random.default_rng([seed, label])
+        order = rng.permutation(len(keys))
+        n = len(keys)
+        n_val = max(1, round(n * fr[1])) if fr[1] > 0 else 0
+        n_test = max(1, round(n * fr[2])) if fr[2] > 0 else 0
+        if n - n_val - n_test < 1:
+            return {"error": label, "need": n_val + n_test + 1, "have": n}
+        picked = [keys[i] for i in order]
+        if n_test:
+            out["test"] += [(k, label) for k in picked[:n_test]]
+        if n_val:
+            out["val"] += [(k, label) for k in picked[n_test : n_test + n_val]]
+        out["train"] += [(k, label) for k in picked[n_test + n_val :]]
+    return out
+
+
+# ---------------------------------------------------------------- decoding into the cache
+
+
+def _read_one(path: Path, size: int, policy: str):
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, None, f"cannot read file ({e.strerror or e})"
+    try:
+        px = preprocess.fit(preprocess.decode_image(data), size, policy)
+    except ImageError as e:
+        return None, None, e.reason
+    return px, hashlib.sha1(data).hexdigest(), None
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def build(data_dir, run_dir, cfg) -> Dataset:
+    """Scan, validate, decode once into the cache, split, record split.json. Prints a count table."""
+    data_dir = Path(data_dir).resolve()
+    run_dir = Path(run_dir)
+    layout, classes, groups = scan(data_dir)
+    all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
+    n = len(all_files)
+    cache_dir = run_dir / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    size = cfg.image_size
+    tmp = cache_dir / "images.u8.tmp"
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(n, 1), size, size, 3))
+    ok_rows, hashes, skipped = {}, {}, []
+    row = 0
+    with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(_workers()) as pool:
+        results = pool.map(lambda f: _read_one(f[0], size, cfg.resize), all_files, chunksize=8)
+        for (path, label, group), (px, digest, reason) in zip(all_files, results):
+            rel = str(path.relative_to(data_dir))
+            if reason is not None:
+                skipped.append({"path": rel, "reason": reason})
+            else:
+                images[row] = px
+                ok_rows[rel] = (label, group, row)
+                hashes[rel] = digest
+                row += 1
+            bar.update()
+    images.flush()
+    del images
+    if skipped:
+        ui.warn(f"{len(skipped)} file(s) skipped:")
+        for s in skipped[:20]:
+            ui.info(f"  {s['path']}: {s['reason']}")
+        if len(skipped) > 20:
+            ui.info(f"  ... and {len(skipped) - 20} more (all listed in report.json)")
+        if cfg.strict:
+            tmp.unlink(missing_ok=True)
+            raise EdgetlError(f"{len(skipped)} unreadable file(s) in {data_dir} (--strict)",
+                              hint="fix or remove the files listed above, or run without --strict to skip them")
+
+    # split
+    if layout == "splits":
+        files = {g: [] for g in groups}
+        for rel, (label, group, r) in ok_rows.items():
+            files[group].append([rel, label, r])
+        test_is_val = "test" not in files
+    else:
+        parts = stratified_split([(rel, lab) for rel, (lab, _, _) in ok_rows.items()], len(classes), cfg.split,
+                                 cfg.seed)
+        if "error" in parts:
+            c = classes[parts["error"]]
+            raise EdgetlError(
+                f"class '{c}' has {parts['have']} usable photo(s); a {'/'.join(str(x) for x in cfg.split)} "
+                f"split needs at least {parts['need']}",
+                hint="add photos to that class (a few dozen per class is a sensible minimum)",
+            )
+        files = {s: [[rel, lab, ok_rows[rel][2]] for rel, lab in items] for s, items in parts.items()}
+        test_is_val = "test" not in files
+    for s in files:
+        files[s].sort(key=lambda f: (f[1], f[0]))
+    for s, items in files.items():
+        have = {lab for _, lab, _ in items}
+        for i, c in enumerate(classes):
+            if i not in have:
+                raise EdgetlError(f"class '{c}' has no usable photo in the {s} split",
+                                  hint=f"add readable photos to {c}/ (for given splits: {s}/{c}/)")
+    runfolder.replace_file(tmp, cache_dir / "images.npy")
+    ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val)
+    _warn_quality(ds, hashes)
+    if test_is_val:
+        ds.notes.append("no test/ folder: the val split is also used as the test split")
+        ui.warn(ds.notes[-1])
+    _write_split(ds, run_dir, cfg)
+    ds.images = np.load(cache_dir / "images.npy", mmap_mode="r")
+    print_counts(ds)
+    return ds
+
+
+def _warn_quality(ds: Dataset, hashes: dict):
+    counts = ds.counts()["train"]
+    lo, hi = min(counts.values()), max(counts.values())
+    if lo and hi / lo >= IMBALANCE_RATIO:
+        small = min(counts, key=counts.get)
+        big = max(counts, key=counts.get)
+        ds.notes.append(f"class imbalance: '{big}' has {hi} training photos, '{small}' {lo} ({hi / lo:.1f}x)")
+        ui.warn(ds.notes[-1] + "; accuracy on the small class may suffer")
+    where = defaultdict(set)
+    for s, items in ds.files.items():
+        for rel, _, _ in items:
+            where[hashes[rel]].add((s, rel))
+    dups = [sorted(v) for v in where.values() if len({s for s, _ in v}) > 1]
+    if dups:
+        ds.notes.append(f"{len(dups)} identical file(s) appear in more than one split (test figures are optimistic)")
+        ui.warn(ds.notes[-1] + ":")
+        for group in dups[:5]:
+            ui.info("  " + "  ==  ".join(f"{s}:{rel}" for s, rel in group))
+
+
+def _write_split(ds: Dataset, run_dir: Path, cfg):
+    doc = {
+        "data_dir": str(ds.data_dir),
+        "layout": ds.layout,
+        "seed": cfg.seed,
+        "fractions": cfg.split if ds.layout == "folders" else None,
+        "classes": ds.classes,
+        "test_is_val": ds.test_is_val,
+        "image_size": ds.image_size,
+        "resize": ds.resize,
+        "files": {s: [[rel, lab] for rel, lab, _ in items] for s, items in ds.files.items()},
+        "skipped": ds.skipped,
+        "notes": ds.notes,
+    }
+    runfolder.write_json(run_dir / "split.json", doc)
+    rows = {rel: r for items in ds.files.values() for rel, _, r in items}
+    runfolder.write_json(run_dir / "cache" / "index.json",
+                         {"image_size": ds.image_size, "resize": ds.resize, "rows": rows})
+    runfolder.write_text(run_dir / "labels.txt", "\n".join(ds.classes) + "\n")
+
+
+def load(run_dir) -> Dataset:
+    """The dataset of an existing run, from split.json and the cache (re-decoded if the cache is gone)."""
+    run_dir = Path(run_dir)
+    sp = run_dir / "split.json"
+    if not sp.is_file():
+        raise EdgetlError(f"{run_dir} is not an edgetl run (no split.json)",
+                          hint="run `edgetl train DATA_DIR --out RUN` first")
+    doc = json.loads(sp.read_text())
+    data_dir = Path(doc["data_dir"])
+    idx_path, img_path = run_dir / "cache" / "index.json", run_dir / "cache" / "images.npy"
+    rows = None
+    if idx_path.is_file() and img_path.is_file():
+        idx = json.loads(idx_path.read_text())
+        if idx.get("image_size") == doc["image_size"] and idx.get("resize") == doc["resize"]:
+            rows = idx["rows"]
+    if rows is None:
+        rows = _rebuild_cache(run_dir, doc)
+    files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
+    images = np.load(img_path, mmap_mode="r")
+    return Dataset(data_dir, doc["classes"], doc["layout"], doc["image_size"], doc["resize"], images, files,
+                   doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
+
+
+def _rebuild_cache(run_dir: Path, doc: dict) -> dict:
+    data_dir = Path(doc["data_dir"])
+    items = [rel for s in doc["files"].values() for rel, _ in s]
+    size, policy = doc["image_size"], doc["resize"]
+    tmp = run_dir / "cache" / "images.u8.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
+    with ui.Progress(len(items), "re-decoding photos") as bar:
+        for r, rel in enumerate(items):
+            px, _, reason = _read_one(data_dir / rel, size, policy)
+            if reason is not None:
+                raise EdgetlError(f"{data_dir / rel}: {reason} (it was readable when the run was made)",
+                                  hint="restore the data folder recorded in split.json, or start a new run")
+            images[r] = px
+            bar.update()
+    images.flush()
+    del images
+    runfolder.replace_file(tmp, run_dir / "cache" / "images.npy")
+    rows = {rel: r for r, rel in enumerate(items)}
+    runfolder.write_json(run_dir / "cache" / "index.json", {"image_size": size, "resize": policy, "rows": rows})
+    return rows
+
+
+def print_counts(ds: Dataset):
+    counts = ds.counts()
+    splits = [s for s in SPLITS if s in counts]
+    rows = [[c] + [counts[s][c] for s in splits] + [sum(counts[s][c] for s in splits)] for c in ds.classes]
+    rows.append(["total"] + [sum(counts[s].values()) for s in splits] + [sum(sum(counts[s].values()) for s in splits)])
+    ui.info(ui.table(rows, ["class"] + splits + ["all"]))
+    if ds.skipped:
+        ui.info(f"skipped: {len(ds.skipped)} unreadable file(s)")
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random view of a fitted photo: flip, crop 75-100% (aspect 3:4-4:3) resized back, brightness and
+    contrast +-20%. Deterministic for a given generator state."""
+    import cv2
+
+    s = img.shape[0]
+    out = img[:, ::-1] if rng.random() < 0.5 else img
+    area = rng.uniform(0.75, 1.0)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch = int(min(s, round(s * np.sqrt(area / aspect))))
+    cw = int(min(s, round(s * np.sqrt(area * aspect))))
+    y0 = int(rng.integers(0, s - ch + 1))
+    x0 = int(rng.integers(0, s - cw + 1))
+    out = cv2.resize(np.ascontiguousarray(out[y0 : y0 + ch, x0 : x0 + cw]), (s, s), interpolation=cv2.INTER_LINEAR)
+    b = rng.uniform(-0.2, 0.2) * 255
+    c = rng.uniform(0.8, 1.2)
+    mean = out.mean()
+    out = np.clip((out.astype(np.float32) - mean) * c + mean + b, 0, 255)
+    return out.astype(np.uint8)

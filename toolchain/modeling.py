@@ -1,0 +1,210 @@
+"""The Keras model: raw 0-255 RGB in, class probabilities out.
+
+    image (S, S, 3) float, 0..255  ->  Rescaling to [-1, 1]  ->  MobileNetV2 base (include_top=False,
+    called with training=False)  ->  GlobalAveragePooling2D  ->  head: Dropout -> Dense(head_units, relu)
+    -> Dense(classes, softmax)
+
+Pixel scaling lives inside the model, so every consumer feeds raw pixels. Two classes get a two-way
+softmax (not one sigmoid unit): every model has one probability per label, top-k works the same for
+any number of classes, and the labels file always has one line per output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from edge_runtime.errors import EdgetlError
+
+TRAIN_HINT = 'pip install "edgetl[train]"   (from a clone: pip install ".[train]")'
+BASE_NAME = "mobilenetv2_base"
+
+
+def import_keras():
+    """Import TensorFlow/Keras quietly, or say how to install them (exit 2)."""
+    import sys
+
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
+        return sys.modules["tensorflow"], sys.modules["keras"]
+    from .quiet import silenced
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        with silenced(replay_on_error=False):
+            import keras
+            import tensorflow as tf
+    except ImportError as e:
+        raise EdgetlError(f"training needs TensorFlow, which is not installed ({e.name or e})", hint=TRAIN_HINT) from None
+    tf.get_logger().setLevel("ERROR")
+    return tf, keras
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def imagenet_filename(alpha: float, size: int) -> str:
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{size}_no_top.h5"
+
+
+def make_base(cfg):
+    """The MobileNetV2 base and a record of which weights it holds."""
+    tf, keras = import_keras()
+    S = cfg.image_size
+    w = str(cfg.weights)
+    kwargs = dict(input_shape=(S, S, 3), include_top=False, alpha=cfg.alpha, name=BASE_NAME)
+    if w.lower() == "none":
+        base = keras.applications.MobileNetV2(weights=None, **kwargs)
+        return base, {"source": "none", "note": "random initialisation (no pre-training)"}
+    if w.lower() == "imagenet":
+        try:
+            base = keras.applications.MobileNetV2(weights="imagenet", **kwargs)
+        except Exception as e:  # keras raises a plain Exception("URL fetch failure ...") when offline
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "fetch failure" in text or "urlopen" in text.lower() or isinstance(e, OSError):
+                raise EdgetlError(
+                    f"could not download the ImageNet weights for MobileNetV2 (alpha {cfg.alpha}, {S} px): {text}",
+                    hint=f"connect to the internet once (Keras caches the file), or pass --weights PATH to a local "
+                    f"{imagenet_filename(cfg.alpha, S)}, or --weights none to train from scratch",
+                ) from None
+            raise
+        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        cached = Path(home) / "models" / imagenet_filename(cfg.alpha, S)
+        info = {"source": "imagenet", "file": str(cached)}
+        if cached.exists():
+            info["sha256"] = _sha256(cached)
+        return base, info
+    p = Path(w).expanduser()
+    if not p.is_file():
+        raise EdgetlError(f"weights file not found: {p}",
+                          hint="--weights takes imagenet, none, or the path of a MobileNetV2 no-top .h5 file")
+    try:
+        base = keras.applications.MobileNetV2(weights=str(p), **kwargs)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgetlError(
+            f"could not load weights from {p}: {msg[:300]}",
+            hint=f"pass MobileNetV2 no-top weights for alpha {cfg.alpha} ({imagenet_filename(cfg.alpha, S)})",
+        ) from None
+    return base, {"source": "file", "file": str(p.resolve()), "sha256": _sha256(p)}
+
+
+def calibrate_batchnorm(base, images) -> int:
+    """For a randomly initialised base: set every BatchNorm's moving statistics to the statistics of
+    ``images`` (float, already scaled to [-1, 1]) as they flow through the network, layer after layer.
+
+    Without this, a random MobileNetV2 in inference mode shrinks every signal to ~1e-10 and its
+    features are constant. One forward pass in training mode with momentum 0 does it exactly."""
+    _, keras = import_keras()
+    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    try:
+        for bn in bns:
+            bn.momentum = 0.0
+            bn.trainable = True
+        base(images, training=True)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+    return len(bns)
+
+
+def make_head(dim: int, num_classes: int, cfg):
+    _, keras = import_keras()
+    L = keras.layers
+    inp = keras.Input((dim,), name="features")
+    x = L.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(inp)
+    x = L.Dense(cfg.head_units, activation="relu", name="hidden")(x)
+    out = L.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inp, out, name="head")
+
+
+def build(num_classes: int, cfg, base=None):
+    """(model, extractor, base, head, weights_info). ``extractor`` maps images to pooled features and
+    shares its layers with ``model``."""
+    tf, keras = import_keras()
+    keras.utils.set_random_seed(cfg.seed)
+    S = cfg.image_size
+    weights_info = None
+    if base is None:
+        base, weights_info = make_base(cfg)
+    base.trainable = False
+    inputs = keras.Input((S, S, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    x = base(x, training=False)  # BatchNorm always in inference mode
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    extractor = keras.Model(inputs, pooled, name="extractor")
+    head = make_head(int(pooled.shape[-1]), num_classes, cfg)
+    model = keras.Model(inputs, head(pooled), name="edgetl_mobilenetv2")
+    return model, extractor, base, head, weights_info
+
+
+def parts(model):
+    """(base, head, extractor) of a model made by ``build`` (e.g. after loading model.keras)."""
+    _, keras = import_keras()
+    base = model.get_layer(BASE_NAME)
+    head = model.get_layer("head")
+    extractor = keras.Model(model.inputs, model.get_layer("pool").output)
+    return base, head, extractor
+
+
+def save(model, path):
+    """Save for inference: no optimizer state (it would triple the file after fine-tuning)."""
+    if getattr(model, "optimizer", None) is not None:
+        model.optimizer = None
+    model.save(path)
+
+
+def load(path):
+    _, keras = import_keras()
+    p = Path(path)
+    if not p.is_file():
+        raise EdgetlError(f"Keras model not found: {p}", hint="pass a .keras file, e.g. RUN/model.keras")
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgetlError(f"cannot load Keras model {p}: {msg[:300]}", hint="pass a model saved by Keras (.keras)") from None
+
+
+def is_edgetl_model(model) -> bool:
+    try:
+        model.get_layer(BASE_NAME)
+        model.get_layer("head")
+        model.get_layer("to_unit_range")
+        return True
+    except ValueError:
+        return False
+
+
+def set_fine_tune(base, fine_tune_from: str) -> int:
+    """Unfreeze the base from a layer index or name; BatchNorm layers stay frozen (inference mode).
+    Returns the index of the first trainable layer."""
+    _, keras = import_keras()
+    layers = base.layers
+    spec = str(fine_tune_from)
+    if spec.lstrip("-").isdigit():
+        idx = int(spec)
+        if idx < 0:
+            idx += len(layers)
+        if not 0 <= idx < len(layers):
+            raise EdgetlError(f"--fine-tune-from {spec} is outside the base's {len(layers)} layers",
+                              hint=f"use an index in 0..{len(layers) - 1} or a layer name such as {layers[100].name}")
+    else:
+        names = [layer.name for layer in layers]
+        if spec not in names:
+            import difflib
+
+            close = difflib.get_close_matches(spec, names, n=3)
+            raise EdgetlError(f"--fine-tune-from: the base has no layer named {spec!r}",
+                              hint=f"did you mean {', '.join(close)}?" if close else "pass a layer index, e.g. 100")
+        idx = names.index(spec)
+    base.trainable = True
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= idx and not isinstance(layer, keras.layers.BatchNormalization)
+    return idx

@@ -1,0 +1,218 @@
+"""Accuracy parity of a TFLite model against its Keras model, on the same preprocessed photos.
+
+Both models see the same uint8 tensors, made once by the runtime's preprocessing: the Keras model takes
+them as float (mapped to its input range), the TFLite model through the runtime's Classifier exactly as
+a device would (its input mapping, dequantization and all).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import preprocess
+from edge_runtime.errors import EdgetlError
+
+from . import data as data_mod
+from . import metrics, modeling, ui
+
+
+def keras_probabilities(model, tensors, value_range=(0.0, 255.0), batch_size: int = 32, desc: str | None = None):
+    lo, hi = value_range
+    a = (hi - lo) / 255.0
+    out = []
+    n = len(tensors)
+    bar = ui.Progress(n, desc) if desc else None
+    for s in range(0, n, batch_size):
+        x = np.asarray(tensors[s : s + batch_size]).astype(np.float32)
+        if (lo, hi) != (0.0, 255.0):
+            x = x * np.float32(a) + np.float32(lo)
+        out.append(np.asarray(model.predict_on_batch(x), np.float32))
+        if bar:
+            bar.update(len(x))
+    if bar:
+        bar.close()
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def tflite_probabilities(clf, tensors, batch_size: int = 32, desc: str | None = None):
+    out = []
+    n = len(tensors)
+    bar = ui.Progress(n, desc) if desc else None
+    for s in range(0, n, batch_size):
+        chunk = [clf.from_pixels(np.asarray(t)) for t in tensors[s : s + batch_size]]
+        out.append(clf.run_tensors(chunk, batch_size))
+        if bar:
+            bar.update(len(chunk))
+    if bar:
+        bar.close()
+    return np.concatenate(out) if out else np.zeros((0, clf.num_classes), np.float32)
+
+
+def tflite_latency(path, tensor, threads=(1, 2), runs: int = 50, warmup: int = 5) -> dict:
+    """p50 ms of the runtime Classifier on one prepared input, per thread count."""
+    from edge_runtime.bench import time_calls
+    from edge_runtime.classifier import Classifier
+
+    out = {}
+    for t in threads:
+        clf = Classifier(path, num_threads=t, warn=False)
+        x = clf.from_pixels(tensor)
+        out[str(t)] = round(float(np.percentile(time_calls(lambda: clf.run_tensor(x), runs, warmup), 50)), 3)
+    return out
+
+
+def keras_latency(model, tensor, runs: int = 20, warmup: int = 3) -> float:
+    x = np.asarray(tensor, np.float32)[None]
+    for _ in range(warmup):
+        model.predict_on_batch(x)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.predict_on_batch(x)
+        ts.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.percentile(ts, 50)), 3)
+
+
+def compare(p_keras, p_tflite, y, classes) -> dict:
+    """Parity figures plus each model's accuracy and the per-class confusion change."""
+    out = metrics.parity(p_keras, p_tflite, y)
+    if y is not None:
+        ck = metrics.classification(y, p_keras, classes)
+        ct = metrics.classification(y, p_tflite, classes)
+        out["confusion_keras"] = ck["confusion"]
+        out["confusion"] = ct["confusion"]
+        out["confusion_change"] = (np.asarray(ct["confusion"]) - np.asarray(ck["confusion"])).tolist()
+        out["per_class_recall_change"] = {
+            c: (None if ck["per_class"][c]["recall"] is None else
+                round(ct["per_class"][c]["recall"] - ck["per_class"][c]["recall"], 4))
+            for c in classes
+        }
+    return out
+
+
+def gate(result: dict, max_drop: float, min_agreement: float) -> tuple:
+    reasons = []
+    drop = result.get("accuracy_drop_pt")
+    if drop is not None and drop > max_drop:
+        reasons.append(f"accuracy drop {drop:.2f} pt > {max_drop:g} pt")
+    if result["agreement"] < min_agreement:
+        reasons.append(f"top-1 agreement {result['agreement']:.4f} < {min_agreement:g}")
+    return (not reasons), "; ".join(reasons)
+
+
+# ------------------------------------------------------------------ the `edgetl parity` command
+
+
+def load_folder(data_dir, size, policy, classes=None, progress: str = "reading photos"):
+    """(tensors uint8 (N,S,S,3), labels or None, paths, skipped) for every photo under ``data_dir``.
+
+    With class folders (or train/val/test folders of them) the labels come from the folder names, which
+    must be labels of the model; a flat folder of photos gives no labels (agreement only)."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise EdgetlError(f"data folder not found: {d}", hint="pass a folder of photos (class sub-folders for accuracy)")
+    files = [p for p in preprocess.iter_image_files(d)]
+    if not files:
+        raise EdgetlError(f"{d} holds no files", hint="pass a folder of photos")
+    # label = the first path component below d (or below d/<split>/) that names a class
+    split_names = {a for aliases in data_mod.SPLIT_ALIASES.values() for a in aliases}
+    labels = []
+    unknown = set()
+    has_dirs = any(p.parent != d for p in files)
+    for p in files:
+        parts = p.relative_to(d).parts[:-1]
+        if parts and parts[0].lower() in split_names and len(parts) > 1:
+            parts = parts[1:]
+        if not parts:
+            labels.append(None)
+            continue
+        name = parts[0]
+        if classes is not None and name in classes:
+            labels.append(classes.index(name))
+        else:
+            unknown.add(name)
+            labels.append(None)
+    if has_dirs and classes is not None and unknown:
+        raise EdgetlError(
+            f"{d}: folder name(s) {', '.join(sorted(unknown)[:5])} are not labels of the model "
+            f"({', '.join(classes[:6])}{'...' if len(classes) > 6 else ''})",
+            hint="class folders must be named like the model's labels (labels.txt), or pass a flat folder of photos",
+        )
+    use_labels = has_dirs and all(lab is not None for lab in labels)
+    tensors = np.empty((len(files), size[0], size[1], 3), np.uint8)
+    keep, skipped = [], []
+    with ui.Progress(len(files), progress) as bar:
+        for i, p in enumerate(files):
+            try:
+                tensors[len(keep)] = preprocess.load_image(p, size, policy)
+                keep.append(i)
+            except EdgetlError as e:
+                skipped.append({"path": str(p), "reason": getattr(e, "reason", e.message)})
+            bar.update()
+    if not keep:
+        raise EdgetlError(f"{d}: none of the {len(files)} files is a readable image", hint="pass a folder of photos")
+    tensors = tensors[: len(keep)]
+    y = np.asarray([labels[i] for i in keep], np.int64) if use_labels else None
+    return tensors, y, [str(files[i]) for i in keep], skipped
+
+
+def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=None, resize=None, run=None):
+    """(labels, value_range, size, resize) for a Keras model, or a clear error naming what is missing.
+
+    ``labels_file``: a path or a list; ``input_range``: "LOW,HIGH" or a pair (ignored for edgetl models,
+    which take raw pixels)."""
+    from edge_runtime.classifier import parse_range, read_labels
+
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
+        raise EdgetlError(f"{keras_path}: model input {list(shape)} is not an image of fixed size [batch, H, W, 3]",
+                          hint="edgetl converts image classifiers with a fixed input size")
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or (out_shape[1] or 0) < 2:
+        raise EdgetlError(f"{keras_path}: model output {list(out_shape)} is not a class-probability vector",
+                          hint="edgetl converts classifiers whose output is [batch, classes]")
+    size = (int(shape[1]), int(shape[2]))
+    ours = modeling.is_edgetl_model(model)
+    if isinstance(labels_file, (list, tuple)):
+        labels = list(labels_file)
+    elif labels_file:
+        labels = read_labels(labels_file)
+    elif run is not None and (Path(run) / "labels.txt").is_file():
+        labels = read_labels(Path(run) / "labels.txt")
+    elif (keras_path.parent / "labels.txt").is_file() and ours:
+        labels = read_labels(keras_path.parent / "labels.txt")
+    else:
+        labels = None
+    if ours:
+        value_range = (0.0, 255.0)  # edgetl models scale pixels inside the model
+    elif input_range is not None:
+        value_range = parse_range(input_range)
+    else:
+        value_range = None
+    missing = []
+    if labels is None:
+        missing.append("--labels FILE (one label per output, in order)")
+    if value_range is None:
+        missing.append("--input-range LOW,HIGH (the values pixel 0 and 255 must become, e.g. -1,1)")
+    if missing:
+        raise EdgetlError(f"{keras_path} was not built by edgetl, so these are unknown: {'; '.join(missing)}",
+                          hint="pass " + " and ".join(m.split(' (')[0] for m in missing) + " (and --resize if not 'crop')")
+    if len(labels) != out_shape[1]:
+        raise EdgetlError(f"{len(labels)} labels for a model with {out_shape[1]} outputs",
+                          hint="pass the labels file that belongs to this model")
+    if resize is None and run is not None:
+        cfg = json.loads((Path(run) / "report.json").read_text()).get("config", {}) if (Path(run) / "report.json").is_file() else {}
+        resize = cfg.get("resize")
+    return labels, value_range, size, resize or preprocess.DEFAULT_RESIZE
+
+
+def run_dir_of(path: Path):
+    p = Path(path)
+    for cand in (p, p.parent):
+        if (cand / "split.json").is_file():
+            return cand
+    return None

@@ -1,0 +1,134 @@
+"""Output of the runtime verbs (predict, bench, info). No TensorFlow here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from edge_runtime import preprocess
+from edge_runtime.errors import EdgetlError, ImageError
+
+from . import ui
+
+
+def _expand(paths):
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            yield from preprocess.iter_image_files(p)
+        else:
+            yield p
+
+
+def predict(clf, paths, top_k: int, fmt: str, out=None) -> tuple:
+    """Classify every file; returns (failed, total). Errors are reported per file as they happen."""
+    out = out or sys.stdout
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer:
+        writer.writerow(["path", "label", "score", "top_k"])
+    rows, failed, total = [], 0, 0
+    for p in _expand(paths):
+        total += 1
+        try:
+            preds = clf.classify_path(p, top_k)
+        except ImageError as e:
+            failed += 1
+            if fmt == "json":
+                out.write(json.dumps({"path": str(p), "error": e.reason}) + "\n")
+            print(f"error: {p}: {e.reason}", file=sys.stderr)
+            continue
+        if fmt == "json":
+            out.write(json.dumps({"path": str(p), "label": preds[0].label, "score": round(preds[0].score, 6),
+                                  "top_k": [x.as_dict() for x in preds]}) + "\n")
+        elif fmt == "csv":
+            writer.writerow([str(p), preds[0].label, f"{preds[0].score:.6f}",
+                             ";".join(f"{x.label}:{x.score:.4f}" for x in preds)])
+        else:
+            rows.append([str(p), preds[0].label, f"{preds[0].score:.4f}",
+                         ", ".join(f"{x.label} {x.score:.3f}" for x in preds[1:])])
+    if total == 0:
+        raise EdgetlError("no files to classify", hint="pass image files or folders that contain some")
+    if fmt == "table" and rows:
+        out.write(ui.table(rows, ["path", "label", "score", "next"], ["<", "<", ">", "<"]) + "\n")
+    out.flush()
+    return failed, total
+
+
+def _parse_threads(text: str) -> list:
+    try:
+        t = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        t = []
+    if not t or any(x < 1 for x in t):
+        raise EdgetlError(f"--threads {text!r} is not a list of thread counts", hint="e.g. --threads 1,2,4")
+    return t
+
+
+def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend):
+    from edge_runtime import bench as bench_mod
+
+    if runs < 1 or warmup < 0:
+        raise EdgetlError("--runs must be at least 1 and --warmup at least 0", hint="e.g. --runs 200 --warmup 20")
+    frame = None
+    if image is not None:
+        import cv2
+
+        frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
+    res = bench_mod.bench(model, _parse_threads(threads), runs, warmup, frame, backend, labels, input_range)
+    if as_json:
+        print(json.dumps(res))
+        return
+    print(f"model    {res['model']} ({res['size_bytes'] / 1024:.0f} KB)")
+    print(f"backend  {res['backend']} (XNNPACK {'on' if res['xnnpack'] else 'off'}), input "
+          f"{res['input']['dtype']} {res['input']['shape']}, frame {res['frame'][1]}x{res['frame'][0]}")
+    rows = []
+    for r in res["results"]:
+        c, i = r["classify_ms"], r["invoke_ms"]
+        rows.append([r["threads"], f"{c['p50']:.2f}", f"{c['p90']:.2f}", f"{c['p99']:.2f}", f"{r['fps']:.1f}",
+                     f"{i['p50']:.2f}"])
+    print(ui.table(rows, ["threads", "p50 ms", "p90 ms", "p99 ms", "FPS", "invoke p50 ms"], [">"] * 6))
+    print(f"runs {res['runs']} (+{res['warmup']} warm-up); classify = fit frame + invoke + top-k; "
+          f"peak memory {res['peak_rss_mb']:.0f} MB")
+
+
+def info(model, as_json: bool, backend):
+    from edge_runtime import inspect_model
+    from edge_runtime import model as model_mod
+
+    m = model_mod.load(model, num_threads=1, backend=backend)
+    d = inspect_model.describe(m)
+    if as_json:
+        print(json.dumps(d))
+        return
+    print(f"model      {d['path']} ({d['size_bytes'] / 1024:.0f} KB)")
+    print(f"precision  {d['precision']}" + (f" (float ops: {', '.join(sorted(set(d['float_ops'])))})"
+                                            if d["float_ops"] and d["precision"] != "float32" else ""))
+    print(f"backend    {d['backend']}")
+    for kind in ("inputs", "outputs"):
+        for t in d[kind]:
+            q = t.get("quantization")
+            qs = f" scale {q['scale']:.6g} zero_point {q['zero_point']}" if q else ""
+            print(f"{kind[:-1]:<10} {t['name']}: {t['dtype']} {t['shape_signature']}{qs}")
+    print(f"operators  {d['operators']}: " + ", ".join(f"{k} {v}" for k, v in d["op_counts"].items()))
+    print(f"tensors    " + ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items()))
+    meta = d["edgetl_metadata"]
+    if not meta:
+        print("metadata   none (not written by edgetl): pass --labels, and --input-range for float inputs")
+        return
+    inp = meta.get("input", {})
+    print(f"metadata   edgetl {meta.get('edgetl_version')}, mode {meta.get('mode')}, created {meta.get('created')}")
+    print(f"  labels   {len(meta.get('labels', []))}: {', '.join(meta.get('labels', [])[:8])}"
+          f"{' ...' if len(meta.get('labels', [])) > 8 else ''}")
+    print(f"  input    {inp.get('size')} {inp.get('color')}, resize {inp.get('resize')}, "
+          f"values {inp.get('value_range')}, {inp.get('dtype')}")
+    print(f"  keras    sha256 {str(meta.get('keras_model_sha256'))[:16]}...")
+    ds = meta.get("dataset") or {}
+    if ds:
+        print(f"  dataset  {ds.get('total')} photos, {len(ds.get('classes', []))} classes, from {ds.get('data_dir')}")
+    par = meta.get("parity")
+    if par:
+        print(f"  parity   on {par.get('n')} photos ({par.get('data')}): keras acc {par.get('keras_accuracy')}, "
+              f"tflite acc {par.get('tflite_accuracy')}, drop {par.get('accuracy_drop_pt')} pt, agreement "
+              f"{par.get('agreement')}, KL {par.get('kl_mean')} -> {'pass' if par.get('passed') else 'FAIL'}")

@@ -1,0 +1,247 @@
+"""Two-stage transfer learning.
+
+Stage 1, feature extraction: the base is frozen, so its pooled features are a fixed function of each
+photo. They are computed once (plus augmented views with ``augment``) and the head is trained on them:
+the same model as fitting the full graph with the base frozen, at a fraction of the cost.
+
+Stage 2, fine-tuning: the base is unfrozen from ``fine_tune_from`` (BatchNorm layers stay frozen and in
+inference mode), recompiled with Adam at ``fine_tune_lr``, and trained on the cached photos. The result
+is kept only if validation improves (accuracy, then loss).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import EdgetlError
+
+from . import data as data_mod
+from . import metrics, modeling, runfolder, ui
+
+
+def _epoch_logger(stage: str, total: int):
+    _, keras = modeling.import_keras()
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            bar = "#" * (epoch + 1) + "." * max(0, total - epoch - 1)
+            ui.info(
+                f"{stage} [{bar}] epoch {epoch + 1}/{total}  loss {logs.get('loss', 0):.4f}  "
+                f"acc {logs.get('accuracy', 0):.4f}  val_loss {logs.get('val_loss', 0):.4f}  "
+                f"val_acc {logs.get('val_accuracy', 0):.4f}  ({time.perf_counter() - self.t0:.1f}s)"
+            )
+
+    return EpochLog()
+
+
+def extract_features(extractor, images, rows: np.ndarray, desc: str, batch_size: int = 64) -> np.ndarray:
+    """Pooled base features for the cached photos ``rows`` (in that order)."""
+    rows = np.asarray(rows, np.int64)
+    out = None
+    with ui.Progress(len(rows), desc) as bar:
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            f = np.asarray(extractor.predict_on_batch(images[chunk].astype(np.float32)))
+            if out is None:
+                out = np.empty((len(rows), f.shape[1]), np.float32)
+            out[s : s + len(chunk)] = f
+            bar.update(len(chunk))
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 64):
+    """Features of ``augment_views`` random views of every training photo (seeded)."""
+    feats, labs = [], []
+    total = len(rows) * cfg.augment_views
+    with ui.Progress(total, "augmented views") as bar:
+        buf, buf_lab = [], []
+        for v in range(cfg.augment_views):
+            for r, lab in zip(rows, labels):
+                rng = np.random.default_rng([cfg.seed, int(r), v])
+                buf.append(data_mod.augment(np.asarray(images[r]), rng))
+                buf_lab.append(lab)
+                if len(buf) == batch_size:
+                    feats.append(np.asarray(extractor.predict_on_batch(np.stack(buf).astype(np.float32))))
+                    labs += buf_lab
+                    bar.update(len(buf))
+                    buf, buf_lab = [], []
+        if buf:
+            feats.append(np.asarray(extractor.predict_on_batch(np.stack(buf).astype(np.float32))))
+            labs += buf_lab
+            bar.update(len(buf))
+    return np.concatenate(feats), np.asarray(labs, np.int64)
+
+
+def fit_head(head, x_train, y_train, x_val, y_val, cfg, stage="stage 1"):
+    """Train the head on features; early stopping on val loss with the best weights restored."""
+    _, keras = modeling.import_keras()
+    head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                 metrics=["accuracy"])
+    keras.utils.set_random_seed(cfg.seed)
+    cbs = [_epoch_logger(stage, cfg.epochs)]
+    if cfg.patience > 0:
+        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                    restore_best_weights=True))
+    hist = head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                    shuffle=True, callbacks=cbs, verbose=0)
+    return hist.history
+
+
+def _best(history: dict) -> dict:
+    vl = history.get("val_loss") or [float("inf")]
+    i = int(np.argmin(vl))
+    return {"best_epoch": i + 1, "val_loss": float(vl[i]), "val_accuracy": float(history["val_accuracy"][i])}
+
+
+def stage1(ds, cfg, run: Path):
+    """Build the model and train its head on cached features. Returns (model, report_section, history)."""
+    tf, keras = modeling.import_keras()
+    t0 = time.perf_counter()
+    model, extractor, base, head, weights_info = modeling.build(len(ds.classes), cfg)
+    rows_tr, y_tr = ds.rows("train"), ds.labels("train")
+    if weights_info.get("source") == "none":
+        rng = np.random.default_rng(cfg.seed)
+        pick = np.sort(rng.choice(rows_tr, size=min(128, len(rows_tr)), replace=False))
+        batch = ds.images[pick].astype(np.float32) / 127.5 - 1.0
+        modeling.calibrate_batchnorm(base, batch)
+        weights_info["note"] = (f"random initialisation; BatchNorm statistics set from {len(pick)} training photos "
+                                "(otherwise a random base gives constant features)")
+    rows_va, y_va = ds.rows("val"), ds.labels("val")
+    f_tr = extract_features(extractor, ds.images, rows_tr, "features (train)")
+    f_va = extract_features(extractor, ds.images, rows_va, "features (val)")
+    if cfg.augment:
+        f_aug, y_aug = augmented_features(extractor, ds.images, rows_tr, y_tr, cfg)
+        f_tr, y_tr = np.concatenate([f_tr, f_aug]), np.concatenate([y_tr, y_aug])
+    t_feat = time.perf_counter() - t0
+    history = fit_head(head, f_tr, y_tr, f_va, y_va, cfg)
+    seconds = time.perf_counter() - t0
+    best = _best(history)
+    section = {
+        "epochs": len(history["loss"]),
+        "seconds": round(seconds, 2),
+        "feature_seconds": round(t_feat, 2),
+        "train_samples": int(len(y_tr)),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
+    }
+    runfolder.save_with(run / "stage1.keras", lambda tmp: modeling.save(model, tmp))
+    return model, section, history, weights_info
+
+
+def _val_eval(model, ds, cfg):
+    probs = predict(model, ds.images, ds.rows("val"), cfg.batch_size)
+    y = ds.labels("val")
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
+    return float((probs.argmax(1) == y).mean()), loss
+
+
+def predict(model, images, rows, batch_size: int = 32) -> np.ndarray:
+    rows = np.asarray(rows, np.int64)
+    out = []
+    for s in range(0, len(rows), batch_size):
+        out.append(np.asarray(model.predict_on_batch(images[rows[s : s + batch_size]].astype(np.float32))))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
+    _, keras = modeling.import_keras()
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(cfg.seed)
+            self.epoch = 0
+            self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
+
+        def __len__(self):
+            return (len(rows) + cfg.batch_size - 1) // cfg.batch_size
+
+        def __getitem__(self, i):
+            idx = self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = images[rows[idx]]
+            if augment:
+                x = np.stack([data_mod.augment(np.asarray(im), np.random.default_rng([cfg.seed, self.epoch, int(r)]))
+                              for im, r in zip(x, rows[idx])])
+            return x.astype(np.float32), labels[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            if shuffle:
+                self.order = self.rng.permutation(len(rows))
+
+    return Batches()
+
+
+def stage2(model, ds, cfg, run: Path, stage1_val=None):
+    """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
+    tf, keras = modeling.import_keras()
+    t0 = time.perf_counter()
+    base, head, _ = modeling.parts(model)
+    if stage1_val is None:
+        stage1_val = _val_eval(model, ds, cfg)
+    if cfg.fine_tune_epochs == 0:
+        return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
+    first = modeling.set_fine_tune(base, cfg.fine_tune_from)
+    stage1_weights = model.get_weights()
+    model.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    keras.utils.set_random_seed(cfg.seed)
+    rows_tr, y_tr = ds.rows("train"), ds.labels("train")
+    rows_va, y_va = ds.rows("val"), ds.labels("val")
+    train_src = _batch_source(ds.images, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment)
+    val_src = _batch_source(ds.images, rows_va, y_va, cfg, shuffle=False, augment=False)
+    cbs = [_epoch_logger("stage 2", cfg.fine_tune_epochs)]
+    if cfg.fine_tune_patience > 0:
+        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fine_tune_patience,
+                                                    restore_best_weights=True))
+    hist = model.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
+    history = hist.history
+    acc2, loss2 = _val_eval(model, ds, cfg)
+    acc1, loss1 = stage1_val
+    improved = acc2 > acc1 + 1e-9 or (abs(acc2 - acc1) <= 1e-9 and loss2 < loss1)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    section = {
+        "epochs": len(history.get("loss", [])),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "from_layer": first,
+        "from_layer_name": base.layers[first].name,
+        "trainable_params": trainable,
+        "val_accuracy": round(acc2, 4),
+        "val_loss": round(loss2, 4),
+        "stage1_val_accuracy": round(acc1, 4),
+        "stage1_val_loss": round(loss1, 4),
+        "kept": "fine_tune" if improved else "feature_extraction",
+    }
+    if not improved:
+        model.set_weights(stage1_weights)
+    ui.info(
+        f"stage 2 {'improved' if improved else 'did not improve'} validation "
+        f"(acc {acc1:.4f} -> {acc2:.4f}, loss {loss1:.4f} -> {loss2:.4f}): keeping the "
+        f"{'fine-tuned' if improved else 'stage-1'} model"
+    )
+    # freeze again so the saved model is a plain inference model
+    base.trainable = False
+    return model, section, history
+
+
+def evaluate(model, ds, cfg) -> dict:
+    probs = predict(model, ds.images, ds.rows("test"), cfg.batch_size)
+    out = metrics.classification(ds.labels("test"), probs, ds.classes)
+    acc, loss = _val_eval(model, ds, cfg)
+    out["val_accuracy"] = round(acc, 4)
+    out["val_loss"] = round(loss, 4)
+    out["test_accuracy"] = out.pop("accuracy")
+    out["test_split"] = "val" if ds.test_is_val else "test"
+    return out
+
+
+def check_run_for_finetune(run: Path):
+    if not (run / "stage1.keras").is_file():
+        raise EdgetlError(f"{run} has no stage-1 model (stage1.keras)",
+                          hint="run `edgetl train DATA_DIR --out RUN` first")
