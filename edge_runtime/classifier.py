@@ -4,7 +4,8 @@ Input handling is decided once, when the model is opened:
 - edgetl models say in their metadata what they expect (raw 0-255 RGB, resize policy, labels);
 - a foreign model without metadata is fed according to its input tensor: a uint8 input gets the raw
   pixels, an int8 input the pixels shifted by -128, a float input the pixels mapped to
-  ``input_range`` (required: e.g. (-1, 1) or (0, 1)).
+  ``input_range`` (required: e.g. (-1, 1) or (0, 1)); the whole image is resized to the input
+  ("squash", as TFLite's reference examples do) unless ``resize`` says otherwise.
 For a quantized input whose quantization already maps raw pixels (scale 1, zero point 0 for uint8) the
 resized pixels go to the interpreter as they are; any other mapping is one 256-entry lookup table.
 Outputs are dequantized, and softmax is applied only when the model does not end in one.
@@ -94,7 +95,9 @@ class Classifier:
                 hint="pass the label file that belongs to this model (one label per line)",
             )
 
-        self.resize = resize or meta_in.get("resize") or preprocess.DEFAULT_RESIZE
+        # edgetl models: the policy they were trained with. Foreign models: the whole image resized to the
+        # input ("squash"), as TFLite's reference examples feed their models.
+        self.resize = resize or meta_in.get("resize") or (preprocess.DEFAULT_RESIZE if m.meta else "squash")
         if self.resize not in preprocess.RESIZE_POLICIES:
             raise EdgetlError(f"unknown resize policy {self.resize!r}",
                               hint=f"use one of {', '.join(preprocess.RESIZE_POLICIES)}")

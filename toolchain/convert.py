@@ -15,6 +15,7 @@ import hashlib
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -127,15 +128,19 @@ def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, ker
     }
 
 
-def _parity_summary(p: dict, data_desc: str) -> dict:
-    keys = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
-            "max_prob_diff")
-    return {"data": data_desc, **{k: p.get(k) for k in keys}}
+@dataclass
+class EvalSet:
+    """Photos both models are compared on. The first ``test_n`` are the test split (0: none)."""
+
+    tensors: np.ndarray
+    labels: np.ndarray | None
+    desc: str
+    test_n: int = 0
+    p_keras: np.ndarray | None = None
 
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
-                keras_sha, dataset, eval_tensors, eval_labels, eval_desc, max_drop, min_agreement, log_dir: Path,
-                p_keras=None) -> dict:
+                keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path) -> dict:
     """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically."""
     log_dir.mkdir(parents=True, exist_ok=True)
     io_used = io if mode == "int8" else "float32"
@@ -153,38 +158,47 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         result = {"mode": mode, "io": io_used, "convert_seconds": round(seconds, 2),
                   "full_integer": not inspect_model.float_ops(loaded),
                   "precision": inspect_model.precision(loaded), "backend": str(loaded.backend)}
-        if eval_tensors is not None and len(eval_tensors):
+        figures = None
+        result.update({"passed": True, "reason": None})
+        if evalset is not None and len(evalset.tensors):
+            ev = evalset
+            if ev.p_keras is None:
+                ev.p_keras = parity.keras_probabilities(model, ev.tensors, value_range)
             clf = Classifier(tmp, num_threads=2, warn=False)
-            if p_keras is None:
-                p_keras = parity.keras_probabilities(model, eval_tensors, value_range)
-            p_tfl = parity.tflite_probabilities(clf, eval_tensors, desc=f"parity {mode}")
-            cmp = parity.compare(p_keras, p_tfl, eval_labels, labels)
+            p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
+            cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
-            result.update({k: cmp.get(k) for k in ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt",
-                                                   "agreement", "kl_mean", "cosine_mean", "max_prob_diff")})
-            result["test_accuracy"] = cmp.get("tflite_accuracy")
-            result["confusion"] = cmp.get("confusion")
-            result["confusion_change"] = cmp.get("confusion_change")
-            result["passed"], result["reason"] = passed, reason or None
-            result["latency_ms"] = parity.tflite_latency(tmp, eval_tensors[0])
+            result.update({k: cmp.get(k) for k in PARITY_KEYS})
+            result.update({"parity_data": ev.desc, "passed": passed, "reason": reason or None})
+            if ev.test_n and ev.labels is not None:
+                t = parity.compare(ev.p_keras[: ev.test_n], p_tfl[: ev.test_n], ev.labels[: ev.test_n], labels)
+                result.update({"test_n": t["n"], "test_accuracy": t["tflite_accuracy"],
+                               "test_accuracy_drop_pt": t["accuracy_drop_pt"], "test_agreement": t["agreement"],
+                               "confusion": t["confusion"], "confusion_change": t["confusion_change"]})
+            else:
+                result["test_accuracy"] = cmp.get("tflite_accuracy")
+                result["confusion"] = cmp.get("confusion")
+            result["latency_ms"] = parity.tflite_latency(tmp, ev.tensors[0])
             result["latency_ms_p50"] = result["latency_ms"]["1"]
-            figures = _parity_summary(cmp, eval_desc)
-            figures.update({"max_drop": max_drop, "min_agreement": min_agreement, "passed": passed})
-        else:
-            figures = None
-            result.update({"passed": True, "reason": None})
+            figures = {"data": ev.desc, **{k: cmp.get(k) for k in PARITY_KEYS},
+                       "test_accuracy": result.get("test_accuracy"),
+                       "max_drop": max_drop, "min_agreement": min_agreement, "passed": passed}
         final = meta_mod.embed(flat, make_metadata(loaded, mode, labels, size, resize, value_range, keras_sha,
                                                    dataset, figures, io_used))
         runfolder.write_bytes(out_path, final)
         result["path"] = out_path.name
         result["size_bytes"] = len(final)
         result["flatbuffer_bytes"] = len(flat)
-        meta_json = meta_mod.read(final)
         runfolder.write_json(out_path.with_suffix(".json"), {"file": out_path.name, "size_bytes": len(final),
-                                                              "metadata": meta_json, "figures": _public(result)})
+                                                              "metadata": meta_mod.read(final),
+                                                              "figures": _public(result)})
         return result
     finally:
         tmp.unlink(missing_ok=True)
+
+
+PARITY_KEYS = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
+               "max_prob_diff")
 
 
 def _public(r: dict) -> dict:
@@ -214,6 +228,32 @@ def calibration_from_dir(path, size, resize, classes, n: int, seed: int) -> np.n
     return tensors
 
 
+PARITY_CAP = 2000
+
+
+def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
+    """The parity set of a run: the test split first, then validation, then training photos, up to
+    ``cap`` photos (a seeded sample of the training split beyond that). One photo of an 80-photo test
+    split is 1.25 points, too coarse to gate a 1-point drop: parity is measured over every photo.
+    Agreement compares two models on the same input, so held-out photos are not required for it;
+    accuracy on the test split alone is reported beside it."""
+    test = ds.rows("test")
+    val = ds.rows("val") if not ds.test_is_val else np.zeros(0, np.int64)
+    train = ds.rows("train")
+    room = max(0, cap - len(test) - len(val))
+    if len(train) > room:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(train), room, replace=False))
+    else:
+        keep = np.arange(len(train))
+    rows = np.concatenate([test, val, train[keep]])
+    y = np.concatenate([ds.labels("test"), ds.labels("val") if not ds.test_is_val else np.zeros(0, np.int64),
+                        ds.labels("train")[keep]])
+    desc = (f"{len(rows)} photos of the run: test {len(test)}, val {len(val)}, train {len(keep)}"
+            + (" (sampled)" if len(keep) < len(train) else ""))
+    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test))
+
+
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True) -> dict:
     """Convert a run's model.keras to each mode, with parity on the run's test split. Updates report.json."""
     from . import data as data_mod
@@ -240,25 +280,22 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
             calib_desc = "train split"
     else:
         calib, calib_desc = None, None
-    test_rows = ds.rows("test")
-    eval_tensors = np.asarray(ds.images[test_rows])
-    eval_labels = ds.labels("test")
+    evalset = run_evalset(ds, cfg.seed)
     summary = ds.summary()
     summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else int(len(calib))}
-    p_keras = parity.keras_probabilities(model, eval_tensors, (0.0, 255.0))
+    evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
     results = {}
     for mode in modes:
         ui.info(f"converting to {mode} ...")
         r = convert_one(model, mode, run / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
-                        keras_sha=keras_sha, dataset=summary, eval_tensors=eval_tensors, eval_labels=eval_labels,
-                        eval_desc=f"{'val' if ds.test_is_val else 'test'} split of the run",
-                        max_drop=cfg.max_drop, min_agreement=cfg.min_agreement, log_dir=run / "logs",
-                        p_keras=p_keras)
+                        keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
+                        min_agreement=cfg.min_agreement, log_dir=run / "logs")
         results[mode] = r
         ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
-                f"test acc {r.get('test_accuracy')}, agreement {r.get('agreement')}, "
-                f"p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
+                f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
+                f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
+                f"{'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
     rep = runfolder.read_report(run)
     tfl = dict(rep.get("tflite") or {})
     tfl.update(results)

@@ -68,15 +68,14 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
             + (f", {len(skipped)} unreadable skipped" if skipped else ""))
     keras_sha = convert.sha256_file(path)
     dataset = {"calibration": {"source": str(calibration), "n": int(len(calib))}, "classes": labels_list}
-    p_keras = parity.keras_probabilities(model, tensors, value_range)
+    evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}")
     results = {}
     for mode, target in targets.items():
         ui.info(f"converting to {mode} ...")
         r = convert.convert_one(model, mode, target, labels=labels_list, size=size, resize=resize,
                                 value_range=value_range, calibration=calib if mode == "int8" else None, io=cfg.io,
-                                keras_sha=keras_sha, dataset=dataset, eval_tensors=tensors, eval_labels=y,
-                                eval_desc=f"calibration folder {calibration}", max_drop=cfg.max_drop,
-                                min_agreement=cfg.min_agreement, log_dir=out_dir / "logs", p_keras=p_keras)
+                                keras_sha=keras_sha, dataset=dataset, evalset=evalset, max_drop=cfg.max_drop,
+                                min_agreement=cfg.min_agreement, log_dir=out_dir / "logs")
         r["out"] = str(target)
         results[mode] = r
         ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, agreement {r.get('agreement')}"

@@ -156,7 +156,10 @@ def write(run: Path, rep: dict):
         lines += ["", "![confusion keras](plots/confusion_keras.png)", ""]
     tfl = rep.get("tflite") or {}
     if tfl:
+        first = next(iter(tfl.values()))
         lines += ["## TFLite models", "",
+                  f"Parity (drop, agreement, KL) is measured against the Keras model on {first.get('parity_data')}; "
+                  "test accuracy on the test split alone.", "",
                   "| mode | size (KB) | full-integer | test acc | drop (pt) | agreement | KL mean | p50 ms (1 thr) "
                   "| p50 ms (2 thr) | convert s | gate |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -194,5 +197,6 @@ def print_summary(rep: dict):
                          _fmt(r.get("accuracy_drop_pt"), 2), _fmt(r.get("agreement")), _fmt(lat.get("1"), 2),
                          _fmt(lat.get("2"), 2), "pass" if r.get("passed") else "FAIL"])
         ui.info(ui.table(rows, ["model", "size", "test acc", "drop pt", "agreement", "p50 ms 1t", "p50 ms 2t", "gate"]))
+        ui.info(f"(drop and agreement over {next(iter(tfl.values())).get('parity_data')})")
     if rep.get("timing"):
         ui.info(f"total time {rep['timing']['total_seconds']} s")

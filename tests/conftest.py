@@ -1,0 +1,132 @@
+"""Shared fixtures. Everything is real: image files written with Pillow, videos with OpenCV, models made by
+TensorFlow's converter and run by a real TFLite interpreter.
+
+- Tests that need ../shared (reference models, photos, ImageNet weights) skip with a reason without it.
+- Tests that need TensorFlow (training, conversion) skip without it, so the runtime tests also run in an
+  environment with only tflite-runtime; there, models that only TensorFlow can make come from
+  $EDGETL_TEST_MODELS (written beforehand by `python tests/make_test_models.py DIR` in a TensorFlow env).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGETL_SHARED", ROOT.parent / "shared"))
+REF_PTQ = SHARED / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+REF_QAT = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+IMAGENET_LABELS = SHARED / "images" / "imagenet_labels.txt"
+
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "models").is_dir():
+        pytest.skip(f"needs ../shared (reference models and photos), not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights(shared) -> Path:
+    w = shared / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    if not w.is_file():
+        pytest.skip("needs ../shared/weights")
+    return w
+
+
+requires_tf = pytest.mark.skipif(not HAVE_TF, reason="needs TensorFlow (pip install '.[train]')")
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False):
+    """Run `edgetl ARGS` in a fresh process; returns CompletedProcess (text)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+    if block_tf:  # make `import tensorflow` fail, as on a device without it
+        code = "import sys; sys.modules['tensorflow'] = None; " + code
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=e, timeout=timeout)
+
+
+# ------------------------------------------------------------------ real image files
+
+
+def colour_image(kind: str, rng: np.random.Generator, size=(72, 96)) -> np.ndarray:
+    """A photo-like RGB image whose dominant colour is the class ("red", "green", "blue")."""
+    h, w = size
+    base = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}[kind]
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    yy, xx = np.mgrid[0:h, 0:w]
+    img += (np.sin(xx / rng.uniform(3, 9) + rng.uniform(0, 6)) * rng.uniform(10, 40))[..., None]
+    img += rng.normal(0, 18, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, classes=("blue", "green", "red"), per_class=12, seed=0, fmt="JPEG") -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for ci, c in enumerate(classes):
+        d = root / c
+        d.mkdir(exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, ci, i])
+            kind = c if c in ("red", "green", "blue") else ("red", "green", "blue")[ci % 3]
+            ext = {"JPEG": "jpg", "PNG": "png"}[fmt]
+            Image.fromarray(colour_image(kind, rng)).save(d / f"{c}_{i:02d}.{ext}", fmt)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "photos")
+
+
+# ------------------------------------------------------------------ a tiny trained run, built once
+
+
+TINY_FLAGS = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "4",
+              "--fine-tune-epochs", "1", "--seed", "7"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("tinydata") / "photos", per_class=15)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data):
+    """`edgetl build` end to end on a tiny model, every quantization mode. Returns (run, CompletedProcess)."""
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow (pip install '.[train]')")
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--quantize", "int8", "--quantize", "float16",
+                   "--quantize", "dynamic", "--quantize", "float32", "--calibration-size", "20")
+    return run, proc
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory) -> Path:
+    """Small special-purpose .tflite models (see make_test_models.py)."""
+    given = os.environ.get("EDGETL_TEST_MODELS")
+    if given and Path(given, "done").is_file():
+        return Path(given)
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow to make test models, or $EDGETL_TEST_MODELS")
+    import make_test_models
+
+    out = tmp_path_factory.mktemp("test_models")
+    make_test_models.make_all(out)
+    return out
