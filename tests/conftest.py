@@ -63,14 +63,13 @@ def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False):
 
 
 def colour_image(kind: str, rng: np.random.Generator, size=(72, 96)) -> np.ndarray:
-    """A photo-like RGB image whose dominant colour is the class ("red", "green", "blue")."""
+    """An RGB image whose colour is the class ("red", "green", "blue"), at a slightly random exposure,
+    with sensor noise. (Easy on purpose: the tiny test models have random, untrained bases.)"""
     h, w = size
-    base = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}[kind]
+    base = np.array({"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}[kind], np.float32)
     img = np.empty((h, w, 3), np.float32)
-    img[:] = base
-    yy, xx = np.mgrid[0:h, 0:w]
-    img += (np.sin(xx / rng.uniform(3, 9) + rng.uniform(0, 6)) * rng.uniform(10, 40))[..., None]
-    img += rng.normal(0, 18, img.shape)
+    img[:] = base * rng.uniform(0.95, 1.05)
+    img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -97,8 +96,9 @@ def dataset(tmp_path) -> Path:
 # ------------------------------------------------------------------ a tiny trained run, built once
 
 
-TINY_FLAGS = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "4",
-              "--fine-tune-epochs", "1", "--seed", "7"]
+TINY_TRAIN = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "12", "--batch-size", "8",
+              "--seed", "7"]
+TINY_FLAGS = TINY_TRAIN + ["--fine-tune-epochs", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +112,10 @@ def tiny_run(tmp_path_factory, tiny_data):
     if not HAVE_TF:
         pytest.skip("needs TensorFlow (pip install '.[train]')")
     run = tmp_path_factory.mktemp("runs") / "tiny"
+    # A random-weight base quantizes far worse than an ImageNet one (agreement ~0.95 instead of ~0.996, see
+    # the README's figures), so the gates are relaxed here; test_build_gate_failure_exits_1 uses the defaults.
     proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--quantize", "int8", "--quantize", "float16",
-                   "--quantize", "dynamic", "--quantize", "float32", "--calibration-size", "20")
+                   "--quantize", "dynamic", "--quantize", "float32", "--min-agreement", "0.85", "--max-drop", "15")
     return run, proc
 
 

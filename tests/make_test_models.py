@@ -50,6 +50,7 @@ def make_all(out: Path):
     # not an image
     m = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")])
     (out / "nonimage.tflite").write_bytes(convert.convert(m, "float32"))
+    m.save(out / "nonimage.keras")
 
     # float logits model, expects [-1, 1]
     m = keras.Sequential([

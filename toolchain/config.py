@@ -117,6 +117,8 @@ def validate(cfg: Config) -> Config:
     cfg.quantize = list(dict.fromkeys(cfg.quantize))
     if cfg.io not in IO_TYPES:
         bad(f"io type {cfg.io!r} is unknown", f"use one of {', '.join(IO_TYPES)}")
+    if not 0 <= cfg.min_agreement <= 1 or cfg.max_drop < 0:
+        bad("gates: --min-agreement must be within [0, 1] and --max-drop at least 0", "e.g. --max-drop 1 --min-agreement 0.97")
     if cfg.learning_rate <= 0 or cfg.fine_tune_lr <= 0:
         bad("learning rates must be positive", "")
     return cfg

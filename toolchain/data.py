@@ -236,6 +236,16 @@ def build(data_dir, run_dir, cfg) -> Dataset:
             raise EdgetlError(f"{len(skipped)} unreadable file(s) in {data_dir} (--strict)",
                               hint="fix or remove the files listed above, or run without --strict to skip them")
 
+    usable = defaultdict(int)
+    for label, _, _ in ok_rows.values():
+        usable[label] += 1
+    for i, c in enumerate(classes):
+        if not usable[i]:
+            n_c = sum(1 for _, lab, _ in all_files if lab == i)
+            tmp.unlink(missing_ok=True)
+            raise EdgetlError(f"class '{c}' has no readable photo ({n_c} file(s), all unreadable)",
+                              hint=f"add readable photos to {c}/ or remove the folder")
+
     # split
     if layout == "splits":
         files = {g: [] for g in groups}
@@ -291,7 +301,7 @@ def _warn_quality(ds: Dataset, hashes: dict):
         ds.notes.append(f"{len(dups)} identical file(s) appear in more than one split (test figures are optimistic)")
         ui.warn(ds.notes[-1] + ":")
         for group in dups[:5]:
-            ui.info("  " + "  ==  ".join(f"{s}:{rel}" for s, rel in group))
+            ui.info("  " + "  ==  ".join(f"{rel} ({s})" for s, rel in group))
 
 
 def _write_split(ds: Dataset, run_dir: Path, cfg):

@@ -52,14 +52,14 @@ def tflite_probabilities(clf, tensors, batch_size: int = 32, desc: str | None = 
     return np.concatenate(out) if out else np.zeros((0, clf.num_classes), np.float32)
 
 
-def tflite_latency(path, tensor, threads=(1, 2), runs: int = 50, warmup: int = 5) -> dict:
+def tflite_latency(path, tensor, threads=(1, 2), runs: int = 50, warmup: int = 5, **clf_kwargs) -> dict:
     """p50 ms of the runtime Classifier on one prepared input, per thread count."""
     from edge_runtime.bench import time_calls
     from edge_runtime.classifier import Classifier
 
     out = {}
     for t in threads:
-        clf = Classifier(path, num_threads=t, warn=False)
+        clf = Classifier(path, num_threads=t, warn=False, **clf_kwargs)
         x = clf.from_pixels(tensor)
         out[str(t)] = round(float(np.percentile(time_calls(lambda: clf.run_tensor(x), runs, warmup), 50)), 3)
     return out

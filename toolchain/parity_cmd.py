@@ -60,7 +60,8 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
     p_tfl = parity.tflite_probabilities(clf, tensors, desc="tflite model")
     res = parity.compare(p_keras, p_tfl, y, labels_list)
     passed, reason = parity.gate(res, max_drop, min_agreement)
-    tfl_lat = parity.tflite_latency(tflite_path, tensors[0], threads=(clf.model.num_threads,))
+    tfl_lat = parity.tflite_latency(tflite_path, tensors[0], threads=(clf.model.num_threads,), labels=labels,
+                                    input_range=input_range, resize=resize)
     res.update({
         "data": desc,
         "keras_model": str(keras_path),

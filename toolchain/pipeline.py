@@ -37,11 +37,20 @@ def _dataset_section(ds) -> dict:
 def do_train(data_dir, out, cfg, force: bool) -> tuple:
     """Stage 1 into a new run folder. Returns (run, model, dataset, report)."""
     modeling.import_keras()  # fail early (exit 2) when TensorFlow is missing
+    data_mod.scan(data_dir)  # a bad data folder fails before anything is written
+    fresh = not Path(out).exists()
     run = runfolder.prepare(out, force)
     t0 = time.perf_counter()
     runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": _now(), "status": "running",
                                                "config": cfg.as_dict()})
-    ds = data_mod.build(data_dir, run, cfg)
+    try:
+        ds = data_mod.build(data_dir, run, cfg)
+    except EdgetlError:
+        if fresh:  # nothing of value was made: leave no half-made run behind
+            import shutil
+
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     model, section, history, weights = train.stage1(ds, cfg, run)
     sha = _save_final(model, run)
     ev = train.evaluate(model, ds, cfg)

@@ -178,17 +178,12 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
     return Batches()
 
 
-def stage2(model, ds, cfg, run: Path, stage1_val=None):
-    """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
-    tf, keras = modeling.import_keras()
-    t0 = time.perf_counter()
-    base, head, _ = modeling.parts(model)
-    if stage1_val is None:
-        stage1_val = _val_eval(model, ds, cfg)
-    if cfg.fine_tune_epochs == 0:
-        return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
+def fine_tune_fit(model, ds, cfg):
+    """Unfreeze from ``fine_tune_from`` (BatchNorm stays frozen), recompile at ``fine_tune_lr``, fit on the
+    cached photos with early stopping. Returns (first trainable layer index, history)."""
+    _, keras = modeling.import_keras()
+    base, _, _ = modeling.parts(model)
     first = modeling.set_fine_tune(base, cfg.fine_tune_from)
-    stage1_weights = model.get_weights()
     model.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     keras.utils.set_random_seed(cfg.seed)
@@ -201,7 +196,40 @@ def stage2(model, ds, cfg, run: Path, stage1_val=None):
         cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fine_tune_patience,
                                                     restore_best_weights=True))
     hist = model.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
-    history = hist.history
+    return first, hist.history
+
+
+def fit_full_graph_frozen(model, ds, cfg):
+    """The classic recipe stage 1 replaces: fit the whole model, base frozen, on the photos themselves
+    (every epoch runs the base on every photo). Kept as the reference for tests and benchmarks."""
+    _, keras = modeling.import_keras()
+    base, head, _ = modeling.parts(model)
+    base.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x_tr = np.asarray(ds.images[ds.rows("train")], np.float32)
+    x_va = np.asarray(ds.images[ds.rows("val")], np.float32)
+    keras.utils.set_random_seed(cfg.seed)
+    cbs = [_epoch_logger("classic", cfg.epochs)]
+    if cfg.patience > 0:
+        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                    restore_best_weights=True))
+    hist = model.fit(x_tr, ds.labels("train"), validation_data=(x_va, ds.labels("val")), epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, shuffle=True, callbacks=cbs, verbose=0)
+    return hist.history
+
+
+def stage2(model, ds, cfg, run: Path, stage1_val=None):
+    """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
+    tf, keras = modeling.import_keras()
+    t0 = time.perf_counter()
+    base, head, _ = modeling.parts(model)
+    if stage1_val is None:
+        stage1_val = _val_eval(model, ds, cfg)
+    if cfg.fine_tune_epochs == 0:
+        return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
+    stage1_weights = model.get_weights()
+    first, history = fine_tune_fit(model, ds, cfg)
     acc2, loss2 = _val_eval(model, ds, cfg)
     acc1, loss1 = stage1_val
     improved = acc2 > acc1 + 1e-9 or (abs(acc2 - acc1) <= 1e-9 and loss2 < loss1)

@@ -1,0 +1,270 @@
+"""`edgetl build/train/finetune/quantize/parity` end to end through the CLI, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_FLAGS, TINY_TRAIN, requires_tf, run_cli, write_dataset
+from edge_runtime import Classifier, inspect_model
+from edge_runtime import model as model_mod
+
+pytestmark = requires_tf
+MODES = ("int8", "float16", "dynamic", "float32")
+
+
+def test_build_exit_code_and_run_folder_contract(tiny_run):
+    run, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for name in ("split.json", "labels.txt", "model.keras", "stage1.keras", "report.json", "report.md",
+                 "plots/training_curves.png", "plots/confusion_keras.png", "plots/size_accuracy_latency.png"):
+        assert (run / name).is_file(), name
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["classes"] == ["blue", "green", "red"]
+    assert sum(rep["counts"]["test"].values()) == 6 and rep["skipped"] == []
+    assert rep["weights"]["source"] == "none" and rep["config"]["image_size"] == 96
+    assert 0 <= rep["keras"]["val_accuracy"] <= 1 and 0 <= rep["keras"]["test_accuracy"] <= 1
+    fe, ft = rep["stages"]["feature_extraction"], rep["stages"]["fine_tune"]
+    assert fe["epochs"] >= 1 and fe["seconds"] > 0
+    assert ft["epochs"] >= 1 and ft["seconds"] > 0 and ft["kept"] in ("fine_tune", "feature_extraction")
+    for mode in MODES:
+        t = rep["tflite"][mode]
+        for key in ("path", "size_bytes", "test_accuracy", "accuracy_drop_pt", "agreement", "kl_mean",
+                    "full_integer", "latency_ms_p50", "convert_seconds"):
+            assert key in t, (mode, key)
+        assert (run / t["path"]).is_file() and (run / f"model_{mode}.json").is_file()
+        assert (run / "plots" / f"confusion_{mode}.png").is_file()
+        assert t["latency_ms"]["1"] > 0 and t["latency_ms"]["2"] > 0
+    md = (run / "report.md").read_text()
+    assert "## TFLite models" in md and "int8" in md and "plots/confusion_int8.png" in md
+
+
+def test_build_gate_failure_exits_1_and_keeps_everything(tmp_path, tiny_data):
+    """Calibrating int8 on a single photo clips most activations: the parity gate must catch it."""
+    run = tmp_path / "run"
+    r = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--calibration-size", "1", "--fine-tune-epochs", "0")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "parity gate failed for int8" in r.stderr and "Traceback" not in r.stderr
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["status"] == "gate-failed" and rep["tflite"]["int8"]["passed"] is False
+    assert rep["tflite"]["int8"]["reason"]
+    for name in ("model.keras", "model_int8.tflite", "model_int8.json", "report.md"):
+        assert (run / name).is_file(), name
+    assert "FAIL" in (run / "report.md").read_text()
+
+
+def test_every_mode_has_its_precision(tiny_run):
+    run, _ = tiny_run
+    rep = json.loads((run / "report.json").read_text())
+    kinds = {}
+    for mode in MODES:
+        m = model_mod.load(run / f"model_{mode}.tflite", num_threads=1)
+        kinds[mode] = inspect_model.precision(m)
+        assert rep["tflite"][mode]["full_integer"] == (mode == "int8")
+    assert kinds == {"int8": "full-integer", "float16": "float16-weights", "dynamic": "dynamic-range",
+                     "float32": "float32"}
+    m = model_mod.load(run / "model_int8.tflite", num_threads=1)
+    assert m.input.dtype == np.uint8 and (m.input.scale, m.input.zero_point) == (1.0, 0)
+    size = {mode: rep["tflite"][mode]["size_bytes"] for mode in MODES}
+    assert size["int8"] * 2.5 < size["float32"] and size["float16"] < size["float32"]
+
+
+def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
+    """A process where `import tensorflow` fails reads the metadata and classifies like the parity check."""
+    run, _ = tiny_run
+    photo = sorted((tiny_data / "red").iterdir())[0]
+    code = (
+        "import sys, json\n"
+        "sys.modules['tensorflow'] = None\n"
+        "from edge_runtime import Classifier, metadata\n"
+        f"c = Classifier({str(run / 'model_int8.tflite')!r})\n"
+        f"p = c.classify_path({str(photo)!r}, top_k=3)\n"
+        "m = c.meta\n"
+        "assert not [k for k in sys.modules if k.startswith('tensorflow') and sys.modules[k] is not None]\n"
+        "print(json.dumps({'labels': c.labels, 'resize': c.resize, 'size': c.input_size, 'meta': m,\n"
+        "                  'top': p[0].label, 'direct': c.direct_input}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    meta = d["meta"]
+    rep = json.loads((run / "report.json").read_text())
+    assert d["labels"] == ["blue", "green", "red"] == meta["labels"] and d["direct"]
+    assert meta["input"]["size"] == [96, 96] and meta["input"]["color"] == "RGB" and meta["input"]["resize"] == "crop"
+    assert meta["input"]["value_range"] == [0.0, 255.0] and meta["input"]["quantization"] == {"scale": 1.0,
+                                                                                              "zero_point": 0}
+    assert meta["output"]["probabilities"] is True and meta["mode"] == "int8" and meta["full_integer"] is True
+    assert meta["keras_model_sha256"] == rep["keras"]["sha256"]
+    assert meta["dataset"]["classes"] == ["blue", "green", "red"] and meta["dataset"]["total"] == 45
+    assert meta["parity"]["agreement"] == rep["tflite"]["int8"]["agreement"] and meta["edgetl_version"]
+    # labels.txt and the readable model_int8.json beside the model
+    assert (run / "labels.txt").read_text().split() == meta["labels"]
+    side = json.loads((run / "model_int8.json").read_text())
+    assert side["metadata"]["labels"] == meta["labels"] and side["size_bytes"] == (run / "model_int8.tflite").stat().st_size
+
+
+def test_tflite_predictions_match_parity_figures(tiny_run):
+    """The runtime, fed the cached test photos, reproduces the accuracy the build reported."""
+    from toolchain import data
+
+    run, _ = tiny_run
+    rep = json.loads((run / "report.json").read_text())
+    ds = data.load(run)
+    clf = Classifier(run / "model_int8.tflite", num_threads=1)
+    probs = clf.run_tensors([np.asarray(ds.images[r]) for r in ds.rows("test")])
+    acc = float((probs.argmax(1) == ds.labels("test")).mean())
+    assert acc == pytest.approx(rep["tflite"]["int8"]["test_accuracy"], abs=1e-4)
+
+
+def test_force_protection(tiny_run, tiny_data):
+    run, _ = tiny_run
+    before = (run / "model.keras").stat().st_mtime_ns
+    r = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--force" in r.stderr
+    assert (run / "model.keras").stat().st_mtime_ns == before
+    r = run_cli("quantize", run, "--mode", "int8")
+    assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_force_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_data):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    r = run_cli("train", tiny_data, "--out", precious, "--force", *TINY_TRAIN)
+    assert r.returncode == 2 and "not an edgetl run folder" in r.stderr
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_train_then_finetune(tmp_path, tiny_data):
+    run = tmp_path / "run"
+    r = run_cli("train", tiny_data, "--out", run, *TINY_TRAIN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((run / "report.json").read_text())
+    assert "fine_tune" not in rep["stages"] and rep["keras"]["stage"] == "feature_extraction"
+    assert not list(run.glob("*.tflite"))
+    r = run_cli("finetune", run, "--fine-tune-epochs", "1", "--fine-tune-from", "block_13_expand")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["stages"]["fine_tune"]["from_layer_name"] == "block_13_expand"
+    assert rep["stages"]["fine_tune"]["epochs"] == 1
+    r = run_cli("finetune", run)
+    assert r.returncode == 2 and "already fine-tuned" in r.stderr
+
+
+def test_bad_data_exits_2_and_leaves_nothing(tmp_path):
+    one = write_dataset(tmp_path / "one", classes=("red",), per_class=4)
+    r = run_cli("train", one, "--out", tmp_path / "run", *TINY_TRAIN)
+    assert r.returncode == 2 and "only one class" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+    r = run_cli("build", tmp_path / "missing", "--out", tmp_path / "run2", *TINY_FLAGS)
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = run_cli("build", one, "--image-size", "100")
+    assert r.returncode == 2 and "image size 100" in r.stderr
+
+
+def test_training_without_tensorflow_says_how_to_install(tmp_path, tiny_data):
+    r = run_cli("train", tiny_data, "--out", tmp_path / "run", block_tf=True)
+    assert r.returncode == 2 and "pip install" in r.stderr and "[train]" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_parity_cli_pass_and_json(tiny_run, tiny_data):
+    run, _ = tiny_run
+    r = run_cli("parity", run / "model.keras", run / "model_float32.tflite", tiny_data, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    for key in ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean",
+                "cosine_mean", "max_prob_diff", "passed"):
+        assert key in d
+    assert d["n"] == 45 and d["agreement"] == 1.0 and d["passed"] is True and d["kl_mean"] < 1e-4
+    r = run_cli("parity", run / "model.keras", run / "model_int8.tflite", run)  # a RUN: its test split
+    assert r.returncode in (0, 1) and "top-1 agreement" in r.stdout
+
+
+def test_parity_gate_fails_on_a_broken_model(tiny_run, tmp_path):
+    """A deliberately broken TFLite model (its output layer's classes rotated) must fail the gate: exit 1."""
+    from toolchain import convert, modeling
+
+    run, _ = tiny_run
+    model = modeling.load(run / "model.keras")
+    dense = model.get_layer("head").get_layer("probabilities")
+    k, b = dense.get_weights()
+    dense.set_weights([np.roll(k, 1, axis=1), np.roll(b, 1)])
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(convert.convert(model, "float32"))
+    shutil.copy(run / "labels.txt", tmp_path / "labels.txt")
+    r = run_cli("parity", run / "model.keras", broken, run, "--labels", run / "labels.txt", "--input-range", "0,255",
+                "--json")
+    assert r.returncode == 1, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["passed"] is False and d["agreement"] < 0.5 and "agreement" in d["reason"]
+    assert "parity gate failed" in r.stderr
+
+
+def test_full_integer_check_catches_hybrids(tiny_run, tmp_path):
+    from edge_runtime.errors import EdgetlError
+    from toolchain import convert, modeling
+
+    run, _ = tiny_run
+    # a dynamic-range model is a hybrid: int8 weights, float activations
+    with pytest.raises(EdgetlError, match="not full-integer") as e:
+        convert.check_full_integer(run / "model_dynamic.tflite")
+    assert "CONV_2D" in e.value.message or "FULLY_CONNECTED" in e.value.message
+    # an "int8" conversion that silently kept an op in float (no int8 kernel, float fallback allowed)
+    tf, keras = modeling.import_keras()
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.Lambda(lambda t: tf.math.sin(t))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(2, activation="softmax")(x)
+    m = keras.Model(inp, out)
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([np.random.rand(1, 8, 8, 3).astype(np.float32) * 255] for _ in range(8))
+    (tmp_path / "hybrid.tflite").write_bytes(conv.convert())
+    with pytest.raises(EdgetlError, match="SIN"):
+        convert.check_full_integer(tmp_path / "hybrid.tflite")
+    convert.check_full_integer(run / "model_int8.tflite")  # the real one passes
+
+
+def test_quantize_foreign_keras_model(test_models, tmp_path, tiny_data):
+    model = test_models / "logits_float.keras"
+    if not model.is_file():
+        pytest.skip("test models made without the Keras file")
+    r = run_cli("quantize", model, "--calibration", tiny_data, "--out", tmp_path)
+    assert r.returncode == 2 and "--labels" in r.stderr and "--input-range" in r.stderr
+    (tmp_path / "l.txt").write_text("blue\ngreen\nred\n")
+    bad = tmp_path / "cal"
+    write_dataset(bad, classes=("cyan", "magenta"), per_class=2)
+    r = run_cli("quantize", model, "--calibration", bad, "--out", tmp_path, "--labels", tmp_path / "l.txt",
+                "--input-range", "-1,1")
+    assert r.returncode == 2 and "not labels of the model" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("quantize", model, "--calibration", tmp_path / "empty", "--out", tmp_path, "--labels",
+                tmp_path / "l.txt", "--input-range", "-1,1")
+    assert r.returncode == 2 and "holds no files" in r.stderr
+    assert not list(tmp_path.glob("*.tflite"))  # nothing written on bad input
+    r = run_cli("quantize", model, "--calibration", tiny_data, "--out", tmp_path, "--labels", tmp_path / "l.txt",
+                "--input-range", "-1,1", "--mode", "int8", "--max-drop", "100", "--min-agreement", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    clf = Classifier(tmp_path / "logits_float_int8.tflite")
+    assert clf.labels == ["blue", "green", "red"] and clf.value_range == (-1.0, 1.0)
+    assert clf._softmax  # the foreign model outputs logits: the runtime applies softmax
+    r = run_cli("quantize", test_models / "nonimage.keras", "--calibration", tiny_data, "--out", tmp_path / "x",
+                "--labels", tmp_path / "l.txt", "--input-range", "0,1")
+    assert r.returncode == 2 and "not an image" in r.stderr
+
+
+def test_parity_rejects_mismatched_models(tiny_run, test_models):
+    run, _ = tiny_run
+    r = run_cli("parity", run / "model.keras", test_models / "nonimage.tflite", run)
+    assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("parity", run / "model.keras", test_models / "logits_float.tflite", run, "--input-range", "-1,1",
+                "--labels", run / "labels.txt")
+    assert r.returncode == 2 and "96x96" in r.stderr and "32x32" in r.stderr

@@ -1,0 +1,145 @@
+"""Two-stage training on a tiny model (alpha 0.35, 96 px, random weights with calibrated BatchNorm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import requires_tf, write_dataset
+from edge_runtime.errors import EdgetlError
+
+pytestmark = requires_tf
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from toolchain import config, data
+
+    root = tmp_path_factory.mktemp("train")
+    photos = write_dataset(root / "photos", per_class=12)
+    cfg = config.resolve(None, alpha=0.35, image_size=96, weights="none", epochs=3, patience=0, seed=11,
+                         batch_size=8, fine_tune_epochs=2, fine_tune_patience=0)
+    ds = data.build(photos, root / "run", cfg)
+    return root / "run", ds, cfg
+
+
+def test_cached_feature_head_equals_full_graph_head(small):
+    """Stage 1 trains the head on cached features; fitting the full graph with the base frozen on the
+    photos must give the same head (same init, same batches, same dropout draws)."""
+    from toolchain import modeling, train
+
+    run, ds, cfg = small
+    model_a, section, hist_a, _ = train.stage1(ds, cfg, run)
+    _, head_a, _ = modeling.parts(model_a)
+
+    model_b, _, base_b, head_b, _ = modeling.build(len(ds.classes), cfg)
+    base_a, _, _ = modeling.parts(model_a)
+    base_b.set_weights(base_a.get_weights())  # the same (calibrated, frozen) base
+    fresh = modeling.build(len(ds.classes), cfg)[3]
+    for w_fresh, w_b in zip(fresh.get_weights(), head_b.get_weights()):
+        np.testing.assert_array_equal(w_fresh, w_b)  # the head's initialisation is seeded
+    hist_b = train.fit_full_graph_frozen(model_b, ds, cfg)
+
+    assert section["epochs"] == len(hist_b["loss"]) == cfg.epochs
+    for wa, wb in zip(head_a.get_weights(), head_b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(hist_a["loss"], hist_b["loss"], rtol=1e-3)
+    # and the head did learn something (the comparison is not between two untrained heads)
+    assert not np.allclose(head_a.get_weights()[0], fresh.get_weights()[0], atol=1e-3)
+    x = np.asarray(ds.images[ds.rows("test")], np.float32)
+    np.testing.assert_allclose(model_a.predict_on_batch(x), model_b.predict_on_batch(x), atol=1e-3)
+
+
+def test_fine_tune_keeps_batchnorm_statistics(small):
+    from toolchain import config, modeling, train
+
+    run, ds, cfg = small
+    model, *_ = train.stage1(ds, cfg, run)
+    base, _, _ = modeling.parts(model)
+    cfg2 = config.resolve(None, base=cfg.as_dict(), fine_tune_lr=1e-3, fine_tune_from="100")
+    bn = [layer for layer in base.layers if layer.__class__.__name__ == "BatchNormalization"]
+    before_bn = [[np.array(w) for w in layer.weights] for layer in bn]
+    top_conv = next(layer for layer in base.layers[100:] if layer.__class__.__name__ == "Conv2D")
+    low_conv = next(layer for layer in base.layers[:100] if layer.__class__.__name__ == "Conv2D")
+    top_before, low_before = np.array(top_conv.kernel), np.array(low_conv.kernel)
+
+    first, history = train.fine_tune_fit(model, ds, cfg2)
+
+    assert first == 100 and len(history["loss"]) == cfg2.fine_tune_epochs
+    for layer, ws in zip(bn, before_bn):
+        for w, before in zip(layer.weights, ws):  # gamma, beta, moving mean, moving variance
+            np.testing.assert_array_equal(np.array(w), before, err_msg=f"{layer.name}/{w.name} changed")
+    assert not np.array_equal(np.array(top_conv.kernel), top_before)  # the top of the base did train
+    np.testing.assert_array_equal(np.array(low_conv.kernel), low_before)  # the bottom stayed frozen
+
+
+def test_stage2_kept_only_if_validation_improves(small):
+    from toolchain import config, modeling, train
+
+    run, ds, cfg = small
+    model, *_ = train.stage1(ds, cfg, run)
+    before = [np.array(w) for w in model.get_weights()]
+    cfg2 = config.resolve(None, base=cfg.as_dict(), fine_tune_lr=1e-12, fine_tune_epochs=1)
+    model, section, _ = train.stage2(model, ds, cfg2, run)
+    assert section["kept"] == "feature_extraction"
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)  # the stage-1 weights are back
+    base, _, _ = modeling.parts(model)
+    assert section["from_layer_name"] == base.layers[100].name
+
+
+def test_fine_tune_from_name_and_bad_values(small):
+    from toolchain import modeling, train
+
+    run, ds, cfg = small
+    model, *_ = train.stage1(ds, cfg, run)
+    base, _, _ = modeling.parts(model)
+    name = base.layers[120].name
+    assert modeling.set_fine_tune(base, name) == 120
+    assert all(not layer.trainable for layer in base.layers[:120])
+    with pytest.raises(EdgetlError, match="outside the base"):
+        modeling.set_fine_tune(base, "5000")
+    with pytest.raises(EdgetlError, match="no layer named") as e:
+        modeling.set_fine_tune(base, name[:-1] + "x")
+    assert name in e.value.hint
+
+
+def test_weights_path_and_bad_weights(tmp_path):
+    from toolchain import config, modeling
+
+    cfg = config.resolve(None, alpha=0.35, image_size=96, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(EdgetlError, match="weights file not found"):
+        modeling.make_base(cfg)
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    cfg = config.resolve(None, alpha=0.35, image_size=96, weights=str(tmp_path / "bad.h5"))
+    with pytest.raises(EdgetlError, match="could not load weights"):
+        modeling.make_base(cfg)
+
+
+def test_imagenet_download_failure_is_explained(tmp_path, monkeypatch):
+    """Offline (or with an empty cache and no network), the ImageNet path must say what to do."""
+    import socket
+
+    from toolchain import config, modeling
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+
+    def no_network(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    cfg = config.resolve(None, alpha=0.35, image_size=96, weights="imagenet")
+    with pytest.raises(EdgetlError, match="could not download the ImageNet weights") as e:
+        modeling.make_base(cfg)
+    assert "--weights PATH" in e.value.hint and "--weights none" in e.value.hint
+
+
+def test_imagenet_weights_from_local_file(imagenet_weights):
+    from toolchain import config, modeling
+
+    cfg = config.resolve(None, alpha=1.0, image_size=96, weights=str(imagenet_weights))
+    base, info = modeling.make_base(cfg)
+    assert info["source"] == "file" and len(info["sha256"]) == 64
+    conv = base.get_layer("Conv1")
+    assert float(np.abs(np.array(conv.kernel)).mean()) > 0.01  # real weights, not an initialiser
