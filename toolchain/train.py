@@ -42,13 +42,17 @@ def _epoch_logger(stage: str, total: int):
 
 
 def extract_features(extractor, images, rows: np.ndarray, desc: str, batch_size: int = 64) -> np.ndarray:
-    """Pooled base features for the cached photos ``rows`` (in that order)."""
+    """Pooled base features for the cached photos ``rows`` (in that order). Every batch has the same
+    shape (the last is padded), so the compiled graph is traced once."""
     rows = np.asarray(rows, np.int64)
     out = None
     with ui.Progress(len(rows), desc) as bar:
         for s in range(0, len(rows), batch_size):
             chunk = rows[s : s + batch_size]
-            f = np.asarray(extractor.predict_on_batch(images[chunk].astype(np.float32)))
+            x = images[chunk].astype(np.float32)
+            if len(chunk) < batch_size and s > 0:
+                x = np.concatenate([x, np.zeros((batch_size - len(chunk),) + x.shape[1:], np.float32)])
+            f = np.asarray(extractor.predict_on_batch(x))[: len(chunk)]
             if out is None:
                 out = np.empty((len(rows), f.shape[1]), np.float32)
             out[s : s + len(chunk)] = f
@@ -114,8 +118,8 @@ def stage1(ds, cfg, run: Path):
         weights_info["note"] = (f"random initialisation; BatchNorm statistics set from {len(pick)} training photos "
                                 "(otherwise a random base gives constant features)")
     rows_va, y_va = ds.rows("val"), ds.labels("val")
-    f_tr = extract_features(extractor, ds.images, rows_tr, "features (train)")
-    f_va = extract_features(extractor, ds.images, rows_va, "features (val)")
+    feats = extract_features(extractor, ds.images, np.concatenate([rows_tr, rows_va]), "base features")
+    f_tr, f_va = feats[: len(rows_tr)], feats[len(rows_tr) :]
     if cfg.augment:
         f_aug, y_aug = augmented_features(extractor, ds.images, rows_tr, y_tr, cfg)
         f_tr, y_tr = np.concatenate([f_tr, f_aug]), np.concatenate([y_tr, y_aug])
