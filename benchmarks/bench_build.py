@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FLOWERS, edgetl, imagenet_env, need_shared  # noqa: E402
+from _common import FLOWERS, edgetl, imagenet_env, need_shared
 
 MODES = ("int8", "float16", "dynamic", "float32")
 
@@ -62,7 +62,7 @@ def main():
               f"{'KL800':>8} {'test acc':>8} {'drop80':>7} {'agree80':>7} {'p50 1t':>7} {'p50 2t':>7} "
               f"{'conv s':>6}  recipe")
         for mode, t, p in rows:
-            print(f"  {mode:8} {t['size_bytes'] / 1024:8.0f} {f32 / t['size_bytes']:6.2f} {str(t['full_integer']):>8} "
+            print(f"  {mode:8} {t['size_bytes'] / 1024:8.0f} {f32 / t['size_bytes']:6.2f} {t['full_integer']!s:>8} "
                   f"{p['accuracy_drop_pt']:8.2f} {p['agreement']:8.4f} {p['kl_mean']:8.5f} "
                   f"{t['test_accuracy']:8.4f} {t.get('test_accuracy_drop_pt', 0):7.2f} {t.get('test_agreement', 0):7.4f} "
                   f"{t['latency_ms']['1']:7.2f} {t['latency_ms']['2']:7.2f} {t['convert_seconds']:6.1f}  "

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FLOWERS, edgetl, imagenet_env, need_shared  # noqa: E402
+from _common import FLOWERS, edgetl, imagenet_env, need_shared
 
 
 def make_folder(dest: Path, total: int) -> int:

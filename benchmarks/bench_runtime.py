@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import IMAGENET_LABELS, REF_PTQ, SHARED, need_shared  # noqa: E402
+from _common import IMAGENET_LABELS, REF_PTQ, SHARED, need_shared
 
 
 def p50(ms):

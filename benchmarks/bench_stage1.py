@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FLOWERS, imagenet_env, need_shared  # noqa: E402
+from _common import FLOWERS, imagenet_env, need_shared
 
 
 def main():
@@ -33,7 +33,6 @@ def main():
     args = ap.parse_args()
     need_shared()
     os.environ.update(imagenet_env())
-    import numpy as np
 
     from toolchain import config, data, modeling, train
 

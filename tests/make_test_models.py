@@ -42,7 +42,7 @@ def make_all(out: Path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from toolchain import config, convert, modeling
 
-    tf, keras = modeling.import_keras()
+    keras = modeling.import_keras()[1]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -64,7 +64,7 @@ def make_all(out: Path):
 
     # an edgetl model, three ways
     cfg = config.resolve(None, alpha=0.35, image_size=96, weights="none", seed=3)
-    model, extractor, base, head, _ = modeling.build(len(LABELS), cfg)
+    model, _extractor, base, _head, _ = modeling.build(len(LABELS), cfg)
     calib = _calibration()
     modeling.calibrate_batchnorm(base, calib.astype(np.float32) / 127.5 - 1.0)
     model.save(out / "edgetl.keras")

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import TINY_FLAGS, TINY_TRAIN, requires_tf, run_cli, write_dataset
+
 from edge_runtime import Classifier, inspect_model
 from edge_runtime import model as model_mod
 

@@ -8,8 +8,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from conftest import IMAGENET_LABELS, REF_PTQ, run_cli
+
 from edge_runtime import camera, preprocess
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import EdgetlError

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import colour_image, write_dataset
 from PIL import Image
 
-from conftest import colour_image, write_dataset
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError
 from toolchain import config, data
@@ -51,7 +51,7 @@ def test_build_records_split_and_cache(tmp_path):
     assert {s: len(v) for s, v in doc["files"].items()} == {"train": 24, "val": 3, "test": 3}
     assert (run / "labels.txt").read_text().split() == ["blue", "green", "red"]
     # the cache holds exactly the runtime's preprocessing of each photo
-    rel, label, row = ds.files["test"][0]
+    rel, _label, row = ds.files["test"][0]
     np.testing.assert_array_equal(ds.images[row], preprocess.load_image(photos / rel, (96, 96)))
     assert isinstance(ds.images, np.memmap)
     again = data.load(run)

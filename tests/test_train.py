@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import requires_tf, write_dataset
+
 from edge_runtime.errors import EdgetlError
 
 pytestmark = requires_tf
@@ -86,6 +86,15 @@ def test_stage2_kept_only_if_validation_improves(small):
         np.testing.assert_array_equal(a, b)  # the stage-1 weights are back
     base, _, _ = modeling.parts(model)
     assert section["from_layer_name"] == base.layers[100].name
+
+
+def test_augment_caches_views(small):
+    from toolchain import config, train
+
+    run, ds, cfg = small
+    cfg2 = config.resolve(None, base=cfg.as_dict(), augment=True, augment_views=2, epochs=1)
+    _, section, _, _ = train.stage1(ds, cfg2, run)
+    assert section["train_samples"] == 3 * len(ds.rows("train"))  # originals + 2 views each
 
 
 def test_fine_tune_from_name_and_bad_values(small):

@@ -35,7 +35,7 @@ def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(
             log_path: Path | None = None, per_channel: bool = True) -> bytes:
     """TFLite flatbuffer bytes of ``model`` in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3).
     ``per_channel=False`` quantizes int8 weights per tensor instead of per output channel."""
-    tf, keras = modeling.import_keras()
+    tf = modeling.import_keras()[0]
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode == "int8":
         if calibration is None or len(calibration) == 0:
@@ -350,7 +350,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         calib, calib_desc = None, None
     evalset = run_evalset(ds, cfg.seed)
     summary = ds.summary()
-    summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else int(len(calib))}
+    summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else len(calib)}
     evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
     results = {}
     for mode in modes:

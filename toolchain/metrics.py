@@ -27,7 +27,7 @@ def classification(y_true, probs, classes) -> dict:
             "support": row,
         }
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": round(float((pred == y_true).mean()), 4) if len(y_true) else None,
         "per_class": per,
         "confusion": cm.tolist(),

@@ -54,7 +54,7 @@ def imagenet_filename(alpha: float, size: int) -> str:
 
 def make_base(cfg):
     """The MobileNetV2 base and a record of which weights it holds."""
-    tf, keras = import_keras()
+    keras = import_keras()[1]
     S = cfg.image_size
     w = str(cfg.weights)
     kwargs = dict(input_shape=(S, S, 3), include_top=False, alpha=cfg.alpha, name=BASE_NAME)
@@ -127,7 +127,7 @@ def make_head(dim: int, num_classes: int, cfg):
 def build(num_classes: int, cfg, base=None):
     """(model, extractor, base, head, weights_info). ``extractor`` maps images to pooled features and
     shares its layers with ``model``."""
-    tf, keras = import_keras()
+    keras = import_keras()[1]
     keras.utils.set_random_seed(cfg.seed)
     S = cfg.image_size
     weights_info = None

@@ -58,7 +58,7 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
         raise EdgetlError(f"{path.name} is not in a run folder, so there are no calibration/evaluation photos",
                           hint="pass --calibration DIR (photos like the ones the model will see; class folders "
                                "named like the labels give accuracy figures too)")
-    tensors, y, paths, skipped = parity.load_folder(calibration, size, resize, labels_list, "calibration photos")
+    tensors, y, _paths, skipped = parity.load_folder(calibration, size, resize, labels_list, "calibration photos")
     if len(tensors) > cfg.calibration_size:
         rng = np.random.default_rng(cfg.seed)
         calib = tensors[np.sort(rng.choice(len(tensors), cfg.calibration_size, replace=False))]
@@ -67,7 +67,7 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
     ui.info(f"{len(tensors)} photos from {calibration} ({len(calib)} for calibration; all for parity)"
             + (f", {len(skipped)} unreadable skipped" if skipped else ""))
     keras_sha = convert.sha256_file(path)
-    dataset = {"calibration": {"source": str(calibration), "n": int(len(calib))}, "classes": labels_list}
+    dataset = {"calibration": {"source": str(calibration), "n": len(calib)}, "classes": labels_list}
     evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}")
     results = {}
     for mode, target in targets.items():

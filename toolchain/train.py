@@ -106,7 +106,7 @@ def _best(history: dict) -> dict:
 
 def stage1(ds, cfg, run: Path):
     """Build the model and train its head on cached features. Returns (model, report_section, history)."""
-    tf, keras = modeling.import_keras()
+    modeling.import_keras()
     t0 = time.perf_counter()
     model, extractor, base, head, weights_info = modeling.build(len(ds.classes), cfg)
     rows_tr, y_tr = ds.rows("train"), ds.labels("train")
@@ -131,7 +131,7 @@ def stage1(ds, cfg, run: Path):
         "epochs": len(history["loss"]),
         "seconds": round(seconds, 2),
         "feature_seconds": round(t_feat, 2),
-        "train_samples": int(len(y_tr)),
+        "train_samples": len(y_tr),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
     }
     runfolder.save_with(run / "stage1.keras", lambda tmp: modeling.save(model, tmp))
@@ -207,7 +207,7 @@ def fit_full_graph_frozen(model, ds, cfg):
     """The classic recipe stage 1 replaces: fit the whole model, base frozen, on the photos themselves
     (every epoch runs the base on every photo). Kept as the reference for tests and benchmarks."""
     _, keras = modeling.import_keras()
-    base, head, _ = modeling.parts(model)
+    base, _head, _ = modeling.parts(model)
     base.trainable = False
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -225,9 +225,9 @@ def fit_full_graph_frozen(model, ds, cfg):
 
 def stage2(model, ds, cfg, run: Path, stage1_val=None):
     """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
-    tf, keras = modeling.import_keras()
+    modeling.import_keras()
     t0 = time.perf_counter()
-    base, head, _ = modeling.parts(model)
+    base, _head, _ = modeling.parts(model)
     if stage1_val is None:
         stage1_val = _val_eval(model, ds, cfg)
     if cfg.fine_tune_epochs == 0:
