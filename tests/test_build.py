@@ -168,6 +168,17 @@ def test_bad_data_exits_2_and_leaves_nothing(tmp_path):
     assert r.returncode == 2 and "image size 100" in r.stderr
 
 
+def test_offline_imagenet_fails_first_and_leaves_nothing(tmp_path, tiny_data):
+    """No cached weights and no network (a dead proxy): a clear error before any run folder exists."""
+    dead = "http://127.0.0.1:9"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead,
+           "http_proxy": dead, "NO_PROXY": "", "no_proxy": ""}
+    r = run_cli("build", tiny_data, "--out", tmp_path / "run", "--alpha", "0.35", "--image-size", "96", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "could not download the ImageNet weights" in r.stderr and "--weights PATH" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
 def test_training_without_tensorflow_says_how_to_install(tmp_path, tiny_data):
     r = run_cli("train", tiny_data, "--out", tmp_path / "run", block_tf=True)
     assert r.returncode == 2 and "pip install" in r.stderr and "[train]" in r.stderr

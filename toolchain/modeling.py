@@ -55,6 +55,7 @@ def imagenet_filename(alpha: float, size: int) -> str:
 def make_base(cfg):
     """The MobileNetV2 base and a record of which weights it holds."""
     keras = import_keras()[1]
+    keras.utils.set_random_seed(cfg.seed)  # a random (--weights none) base is the same for a given seed
     S = cfg.image_size
     w = str(cfg.weights)
     kwargs = dict(input_shape=(S, S, 3), include_top=False, alpha=cfg.alpha, name=BASE_NAME)
@@ -124,13 +125,11 @@ def make_head(dim: int, num_classes: int, cfg):
     return keras.Model(inp, out, name="head")
 
 
-def build(num_classes: int, cfg, base=None):
+def build(num_classes: int, cfg, base=None, weights_info=None):
     """(model, extractor, base, head, weights_info). ``extractor`` maps images to pooled features and
-    shares its layers with ``model``."""
+    shares its layers with ``model``. ``base``: one made beforehand by ``make_base``."""
     keras = import_keras()[1]
-    keras.utils.set_random_seed(cfg.seed)
     S = cfg.image_size
-    weights_info = None
     if base is None:
         base, weights_info = make_base(cfg)
     base.trainable = False
@@ -139,6 +138,7 @@ def build(num_classes: int, cfg, base=None):
     x = base(x, training=False)  # BatchNorm always in inference mode
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     extractor = keras.Model(inputs, pooled, name="extractor")
+    keras.utils.set_random_seed(cfg.seed)  # the head's initialisation depends on the seed alone
     head = make_head(int(pooled.shape[-1]), num_classes, cfg)
     model = keras.Model(inputs, head(pooled), name="edgetl_mobilenetv2")
     return model, extractor, base, head, weights_info

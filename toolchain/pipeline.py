@@ -38,6 +38,8 @@ def do_train(data_dir, out, cfg, force: bool) -> tuple:
     """Stage 1 into a new run folder. Returns (run, model, dataset, report)."""
     modeling.import_keras()  # fail early (exit 2) when TensorFlow is missing
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written
+    runfolder.check(out, force)  # so does an existing run without --force
+    base, weights = modeling.make_base(cfg)  # and missing or undownloadable weights
     fresh = not Path(out).exists()
     run = runfolder.prepare(out, force)
     t0 = time.perf_counter()
@@ -51,7 +53,7 @@ def do_train(data_dir, out, cfg, force: bool) -> tuple:
 
             shutil.rmtree(run, ignore_errors=True)
         raise
-    model, section, history, weights = train.stage1(ds, cfg, run)
+    model, section, history, weights = train.stage1(ds, cfg, run, base, weights)
     sha = _save_final(model, run)
     ev = train.evaluate(model, ds, cfg)
     rep = runfolder.update_report(

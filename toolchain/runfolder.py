@@ -91,9 +91,9 @@ def is_run(path: Path) -> bool:
     return any((path / m).is_file() for m in MARKERS)
 
 
-def prepare(out, force: bool) -> Path:
-    """Create the run folder. An existing non-empty folder needs --force, and is only ever cleared when
-    it is an edgetl run (so --force cannot wipe a folder of photos by mistake)."""
+def check(out, force: bool) -> Path:
+    """Raise unless ``out`` can become a run folder: absent, empty, or (with --force) an edgetl run. A
+    folder that is not a run is never cleared, so --force cannot wipe a folder of photos by mistake."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgetlError(f"{out} exists and is a file", hint="choose another --out folder")
@@ -103,6 +103,13 @@ def prepare(out, force: bool) -> Path:
         if not is_run(out):
             raise EdgetlError(f"{out} is not empty and is not an edgetl run folder; refusing to overwrite it",
                               hint="choose another --out folder")
+    return out
+
+
+def prepare(out, force: bool) -> Path:
+    """Create the run folder (clearing an old run with --force; see ``check``)."""
+    out = check(out, force)
+    if out.is_dir() and any(out.iterdir()):
         for child in out.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)

@@ -104,12 +104,14 @@ def _best(history: dict) -> dict:
     return {"best_epoch": i + 1, "val_loss": float(vl[i]), "val_accuracy": float(history["val_accuracy"][i])}
 
 
-def stage1(ds, cfg, run: Path):
-    """Build the model and train its head on cached features. Returns (model, report_section, history)."""
+def stage1(ds, cfg, run: Path, base=None, weights_info=None):
+    """Build the model (on ``base`` if given) and train its head on cached features.
+    Returns (model, report_section, history, weights_info)."""
     modeling.import_keras()
     t0 = time.perf_counter()
-    model, extractor, base, head, weights_info = modeling.build(len(ds.classes), cfg)
+    model, extractor, base, head, weights_info = modeling.build(len(ds.classes), cfg, base, weights_info)
     rows_tr, y_tr = ds.rows("train"), ds.labels("train")
+    weights_info = dict(weights_info or {})
     if weights_info.get("source") == "none":
         rng = np.random.default_rng(cfg.seed)
         pick = np.sort(rng.choice(rows_tr, size=min(128, len(rows_tr)), replace=False))
