@@ -47,14 +47,15 @@ def imagenet_weights(shared) -> Path:
 requires_tf = pytest.mark.skipif(not HAVE_TF, reason="needs TensorFlow (pip install '.[train]')")
 
 
-def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False):
-    """Run `edgetl ARGS` in a fresh process; returns CompletedProcess (text)."""
+def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False, block=()):
+    """Run `edgetl ARGS` in a fresh process; returns CompletedProcess (text). ``block``: modules made
+    unimportable in that process (as if not installed); ``block_tf`` blocks TensorFlow."""
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
-    if block_tf:  # make `import tensorflow` fail, as on a device without it
-        code = "import sys; sys.modules['tensorflow'] = None; " + code
+    for mod in tuple(block) + (("tensorflow",) if block_tf else ()):
+        code = f"import sys; sys.modules[{mod!r}] = None; " + code
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env=e, timeout=timeout)
 

@@ -272,6 +272,25 @@ def test_quantize_foreign_keras_model(test_models, tmp_path, tiny_data):
     assert r.returncode == 2 and "not an image" in r.stderr
 
 
+def test_quantize_float_io_and_bare_model(tiny_run, tmp_path, tiny_data):
+    """An edgetl Keras model outside its run: labels from the labels.txt beside it, calibration from a
+    folder; --io float32 keeps the graph integer with float conversions only at the boundary."""
+    run, _ = tiny_run
+    shutil.copy(run / "model.keras", tmp_path / "pets.keras")
+    shutil.copy(run / "labels.txt", tmp_path / "labels.txt")
+    out = tmp_path / "out"
+    r = run_cli("quantize", tmp_path / "pets.keras", "--calibration", tiny_data, "--io", "float32", "--out", out,
+                "--mode", "int8", "--mode", "float16", "--min-agreement", "0.85", "--max-drop", "15")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.tflite")) == ["pets_float16.tflite", "pets_int8.tflite"]
+    assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    m = model_mod.load(out / "pets_int8.tflite", num_threads=1)
+    assert m.input.dtype == np.float32 and inspect_model.precision(m) == "full-integer"
+    meta = m.meta
+    assert meta["io"] == "float32" and meta["parity"]["n"] == 45 and str(tiny_data) in meta["parity"]["data"]
+    assert Classifier(out / "pets_int8.tflite").classify_path(sorted((tiny_data / "red").iterdir())[0])
+
+
 def test_parity_rejects_mismatched_models(tiny_run, test_models):
     run, _ = tiny_run
     r = run_cli("parity", run / "model.keras", test_models / "nonimage.tflite", run)

@@ -221,6 +221,12 @@ def test_backend_choice(shared):
     assert r.returncode == 2 and "unknown backend" in r.stderr
 
 
+def test_no_interpreter_installed_says_what_to_install(shared):
+    r = run_cli("info", REF_PTQ, block=("ai_edge_litert", "tflite_runtime", "tensorflow"))
+    assert r.returncode == 2 and "no TFLite interpreter is installed" in r.stderr
+    assert "pip install ai-edge-litert" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_tflite_runtime_under_numpy2_is_refused():
     """tflite-runtime 2.14 crashes under NumPy 2: it must be refused with the reason, not loaded."""
     import importlib.util

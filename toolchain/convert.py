@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -92,14 +91,6 @@ def check_full_integer(path: Path):
             hint="these ops have no int8 kernel in this converter; use --mode dynamic or float16 for this model",
         )
     return m
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, keras_sha: str, dataset: dict,
@@ -338,7 +329,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         ds = data_mod.load(run)
     labels = ds.classes
     size = (cfg.image_size, cfg.image_size)
-    keras_sha = sha256_file(run / "model.keras")
+    keras_sha = runfolder.sha256_file(run / "model.keras")
     if "int8" in modes:
         if calibration_dir:
             calib = calibration_from_dir(calibration_dir, size, cfg.resize, labels, cfg.calibration_size, cfg.seed)

@@ -11,11 +11,12 @@ any number of classes, and the labels file always has one line per output.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
+
+from .runfolder import sha256_file
 
 TRAIN_HINT = 'pip install "edgetl[train]"   (from a clone: pip install ".[train]")'
 BASE_NAME = "mobilenetv2_base"
@@ -38,14 +39,6 @@ def import_keras():
         raise EdgetlError(f"training needs TensorFlow, which is not installed ({e.name or e})", hint=TRAIN_HINT) from None
     tf.get_logger().setLevel("ERROR")
     return tf, keras
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def imagenet_filename(alpha: float, size: int) -> str:
@@ -78,7 +71,7 @@ def make_base(cfg):
         cached = Path(home) / "models" / imagenet_filename(cfg.alpha, S)
         info = {"source": "imagenet", "file": str(cached)}
         if cached.exists():
-            info["sha256"] = _sha256(cached)
+            info["sha256"] = sha256_file(cached)
         return base, info
     p = Path(w).expanduser()
     if not p.is_file():
@@ -92,7 +85,7 @@ def make_base(cfg):
             f"could not load weights from {p}: {msg[:300]}",
             hint=f"pass MobileNetV2 no-top weights for alpha {cfg.alpha} ({imagenet_filename(cfg.alpha, S)})",
         ) from None
-    return base, {"source": "file", "file": str(p.resolve()), "sha256": _sha256(p)}
+    return base, {"source": "file", "file": str(p.resolve()), "sha256": sha256_file(p)}
 
 
 def calibrate_batchnorm(base, images) -> int:

@@ -21,7 +21,7 @@ def _now() -> str:
 
 def _save_final(model, run: Path) -> str:
     runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp))
-    return modeling._sha256(run / "model.keras")
+    return runfolder.sha256_file(run / "model.keras")
 
 
 def _dataset_section(ds) -> dict:

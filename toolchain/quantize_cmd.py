@@ -66,9 +66,10 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
         calib = tensors
     ui.info(f"{len(tensors)} photos from {calibration} ({len(calib)} for calibration; all for parity)"
             + (f", {len(skipped)} unreadable skipped" if skipped else ""))
-    keras_sha = convert.sha256_file(path)
+    keras_sha = runfolder.sha256_file(path)
     dataset = {"calibration": {"source": str(calibration), "n": len(calib)}, "classes": labels_list}
     evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}")
+    runfolder.write_text(out_dir / "labels.txt", "\n".join(labels_list) + "\n")
     results = {}
     for mode, target in targets.items():
         ui.info(f"converting to {mode} ...")

@@ -7,6 +7,7 @@ Layout (a contract later stages and users rely on):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,14 @@ def save_with(path, save_fn):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def is_run(path: Path) -> bool:
