@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +107,30 @@ class LoadedModel:
     _op_details: list = field(default_factory=list, repr=False)
 
 
+@contextlib.contextmanager
+def _native_stderr_note():
+    """Hold back what the interpreter's C++ side prints on stderr while a model is prepared (the
+    "INFO: Created TensorFlow Lite XNNPACK delegate" banner); it is shown again if preparing fails."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded use): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not ok:
+                buf.seek(0)
+                sys.stderr.write(buf.read().decode("utf-8", "replace"))
+
+
 def check_file(path) -> Path:
     p = Path(path)
     if not p.exists():
@@ -120,6 +148,11 @@ def load(path, num_threads: int | None = None, backend: str | None = None) -> Lo
     meta = metadata.read(content)
     be = backends.resolve(backend)
     threads = backends.default_threads() if num_threads is None else int(num_threads)
+    with _native_stderr_note():
+        return _open(p, content, structure, meta, be, threads)
+
+
+def _open(p, content, structure, meta, be, threads) -> LoadedModel:
     try:
         interp = backends.make_interpreter(be, content, threads)
     except ValueError as e:
