@@ -71,26 +71,26 @@ def plot_confusion(path: Path, cm, classes, title: str):
 
 
 def plot_tradeoff(run: Path, rep: dict):
-    tfl = rep.get("tflite") or {}
+    """Accuracy (over the parity photos) against size, and against p50 latency at 1 thread."""
+    tfl = {m: r for m, r in (rep.get("tflite") or {}).items() if r.get("tflite_accuracy") is not None}
     if not tfl:
         return
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, r in tfl.items():
-        if r.get("test_accuracy") is None:
-            continue
-        lat = r.get("latency_ms_p50") or 0
-        ax.scatter(r["size_bytes"] / 1e6, r["test_accuracy"], s=40 + 12 * lat, alpha=0.6)
-        ax.annotate(f"{mode}\n{lat:.1f} ms", (r["size_bytes"] / 1e6, r["test_accuracy"]), fontsize=8,
-                    xytext=(6, 4), textcoords="offset points")
-    k = rep.get("keras") or {}
-    if k.get("test_accuracy") is not None:
-        ax.axhline(k["test_accuracy"], color="grey", ls="--", lw=1, label="Keras model")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("model size (MB)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("size vs accuracy (marker area: p50 latency, 1 thread)", fontsize=10)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    k_acc = next(iter(tfl.values())).get("keras_accuracy")
+    for ax, key, label in ((axes[0], "size", "model size (MB)"), (axes[1], "latency", "p50 latency, 1 thread (ms)")):
+        for i, (mode, r) in enumerate(tfl.items()):
+            x = r["size_bytes"] / 1e6 if key == "size" else (r.get("latency_ms") or {}).get("1", 0.0)
+            ax.scatter(x, r["tflite_accuracy"], s=50, zorder=3)
+            ax.annotate(mode, (x, r["tflite_accuracy"]), fontsize=8, zorder=4,
+                        xytext=((6, 8), (6, -12), (-44, 8), (-44, -12))[i % 4], textcoords="offset points")
+        if k_acc is not None:
+            ax.axhline(k_acc, color="grey", ls="--", lw=1, label="Keras model")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy on {next(iter(tfl.values())).get('n')} photos")
+    fig.suptitle("TFLite models: accuracy against size and latency (this machine)", fontsize=10)
     _save(fig, run / "plots" / "size_accuracy_latency.png")
 
 
