@@ -130,6 +130,17 @@ def test_force_protection(tiny_run, tiny_data):
     assert (run / "model.keras").stat().st_mtime_ns == before
     r = run_cli("quantize", run, "--mode", "int8")
     assert r.returncode == 2 and "--force" in r.stderr
+    # with --force a run's model is converted again (float32 is deterministic: same file) and the report
+    # keeps every mode
+    before = (run / "model_float32.tflite").read_bytes()
+    r = run_cli("quantize", run, "--mode", "float32", "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(run / "model_float32.tflite")
+    from edge_runtime import metadata
+
+    assert metadata.split((run / "model_float32.tflite").read_bytes())[0] == metadata.split(before)[0]
+    md = (run / "report.md").read_text()
+    assert all(f"| {m} |" in md for m in MODES)
 
 
 def test_force_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_data):

@@ -34,7 +34,10 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
             raise EdgetlError(f"--resize {resize} differs from the run's resize policy {cfg.resize}",
                               hint="a run's model is converted with the preprocessing it was trained with")
         results = convert.quantize_run(run_dir, cfg, calibration_dir=calibration, force=force)
-        for m, r in results.items():
+        from . import report
+
+        report.write(run_dir, runfolder.read_report(run_dir))  # report.md shows the new models too
+        for r in results.values():
             r["out"] = str(run_dir / r["path"])
         return results
     if source.is_dir():
