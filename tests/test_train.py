@@ -88,6 +88,18 @@ def test_stage2_kept_only_if_validation_improves(small):
     assert section["from_layer_name"] == base.layers[100].name
 
 
+def test_same_seed_same_model(small):
+    """--seed makes runs repeatable: the same data and seed give the same weights, another seed does not."""
+    from toolchain import config, train
+
+    run, ds, cfg = small
+    a = train.stage1(ds, cfg, run)[0].get_weights()
+    b = train.stage1(ds, cfg, run)[0].get_weights()
+    c = train.stage1(ds, config.resolve(None, base=cfg.as_dict(), seed=12), run)[0].get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
 def test_augment_caches_views(small):
     from toolchain import config, train
 
