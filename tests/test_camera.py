@@ -114,3 +114,33 @@ def test_stream_that_stops_is_an_error(shared, hopper_video, monkeypatch):
     monkeypatch.setattr(camera, "open_source", lambda s: (Dying(), "camera"))
     with pytest.raises(EdgetlError, match="stopped delivering frames after 3"):
         camera.run(clf, "0", headless=True, out=io.StringIO())
+
+
+@pytest.fixture
+def virtual_display():
+    """A private X display from Xvfb (skips without it: `apt-get install xvfb`)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if not shutil.which("Xvfb"):
+        pytest.skip("needs Xvfb for a window (apt-get install xvfb)")
+    display = f":{100 + os.getpid() % 400}"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        pytest.skip("Xvfb did not start")
+    yield display
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_camera_window_on_a_display(hopper_video, virtual_display):
+    """Without --headless: frames go to a window with the top-k and FPS drawn, then a clean summary."""
+    r = run_cli("camera", REF_PTQ, "--source", hopper_video, "--max-frames", "4", "--labels", IMAGENET_LABELS,
+                env={"DISPLAY": virtual_display, "QT_LOGGING_RULES": "*=false"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == ""  # no JSON lines: they are for --headless
+    assert "4 frames" in r.stderr and "(max-frames)" in r.stderr
