@@ -168,10 +168,6 @@ def load_image(path, size, policy: str = DEFAULT_RESIZE) -> np.ndarray:
     return fit(decode_image(path), size, policy)
 
 
-def is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def iter_image_files(root: Path):
     """Every non-hidden file under ``root`` (recursively, sorted). Formats are decided by content."""
     root = Path(root)
