@@ -254,20 +254,3 @@ class Classifier:
         """Top-k predictions for a list of images, batched through the interpreter when it can."""
         probs = self.probabilities_batch(images, bgr, batch_size)
         return [self.top(p, top_k) for p in probs]
-
-    def describe(self) -> dict:
-        m = self.model
-        return {
-            "model": str(m.path),
-            "backend": str(m.backend),
-            "threads": m.num_threads,
-            "xnnpack": m.delegated,
-            "input": m.input.describe(),
-            "output": m.output.describe(),
-            "resize": self.resize,
-            "value_range": list(self.value_range) if self.value_range else "integer range = pixel range",
-            "direct_input": self.direct_input,
-            "softmax_applied": self._softmax,
-            "labels": len(self.labels),
-            "metadata": bool(m.meta),
-        }

@@ -60,6 +60,11 @@ def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False, block=()):
                           env=e, timeout=timeout)
 
 
+def run_python(code: str):
+    """Run ``code`` in a fresh interpreter (nothing imported yet); returns CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 # ------------------------------------------------------------------ real image files
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, TINY_TRAIN, requires_tf, run_cli, write_dataset
+from conftest import TINY_FLAGS, TINY_TRAIN, requires_tf, run_cli, run_python, write_dataset
 
 from edge_runtime import Classifier, inspect_model
 from edge_runtime import model as model_mod
@@ -90,7 +88,7 @@ def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
         "print(json.dumps({'labels': c.labels, 'resize': c.resize, 'size': c.input_size, 'meta': m,\n"
         "                  'top': p[0].label, 'direct': c.direct_input}))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     meta = d["meta"]

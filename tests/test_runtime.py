@@ -4,12 +4,10 @@ models made by TensorFlow's converter (tests/make_test_models.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import IMAGENET_LABELS, REF_PTQ, REF_QAT, run_cli
+from conftest import IMAGENET_LABELS, REF_PTQ, REF_QAT, run_cli, run_python
 from PIL import Image
 
 from edge_runtime import Classifier, metadata, preprocess
@@ -258,7 +256,7 @@ def test_runtime_never_imports_tensorflow(shared, tmp_path):
         "print(dt, bad)\n"
         "assert not bad, bad\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[0]) < 0.5
 
@@ -268,6 +266,6 @@ def test_cli_help_does_not_import_tensorflow():
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
             "assert 'cv2' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
     assert "build" in r.stdout and "camera" in r.stdout

@@ -80,7 +80,7 @@ def test_stage2_kept_only_if_validation_improves(small):
     model, *_ = train.stage1(ds, cfg, run)
     before = [np.array(w) for w in model.get_weights()]
     cfg2 = config.resolve(None, base=cfg.as_dict(), fine_tune_lr=1e-12, fine_tune_epochs=1)
-    model, section, _ = train.stage2(model, ds, cfg2, run)
+    model, section, _ = train.stage2(model, ds, cfg2)
     assert section["kept"] == "feature_extraction"
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)  # the stage-1 weights are back

@@ -12,7 +12,7 @@ from edge_runtime.errors import EdgetlError
 
 from . import config as config_mod
 from . import data as data_mod
-from . import modeling, runfolder, train, ui
+from . import modeling, report, runfolder, train, ui
 
 
 def _now() -> str:
@@ -68,7 +68,7 @@ def do_train(data_dir, out, cfg, force: bool) -> tuple:
     )
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
             f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
-    _plots(run, rep)
+    report.plot_curves(run, rep)
     ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
     return run, model, ds, rep
 
@@ -89,7 +89,7 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None,
         model = modeling.load(run / "stage1.keras")
     if ds is None:
         ds = data_mod.load(run)
-    model, section, history = train.stage2(model, ds, cfg, run)
+    model, section, history = train.stage2(model, ds, cfg)
     sha = _save_final(model, run)
     ev = train.evaluate(model, ds, cfg)
     hist = dict(rep.get("history") or {})
@@ -106,18 +106,17 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None,
     )
     ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
             f"test accuracy {ev['test_accuracy']:.4f}")
-    _plots(run, rep)
+    report.plot_curves(run, rep)
     return model, ds, rep
 
 
 def do_build(data_dir, out, cfg, force: bool) -> dict:
     """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report."""
-    from . import convert, report
+    from . import convert
 
     t0 = time.perf_counter()
     run, model, ds, rep = do_train(data_dir, out, cfg, force)
-    flags = {}
-    model, ds, rep = do_finetune(run, flags, force=True, model=model, ds=ds)
+    model, ds, rep = do_finetune(run, {}, force=True, model=model, ds=ds)
     results = convert.quantize_run(run, cfg, model=model, ds=ds)
     total = time.perf_counter() - t0
     rep = runfolder.update_report(run, timing={"total_seconds": round(total, 1)},
@@ -137,11 +136,3 @@ def do_build(data_dir, out, cfg, force: bool) -> dict:
 
 def _clean_history(h: dict) -> dict:
     return {k: [round(float(x), 5) for x in v] for k, v in (h or {}).items()}
-
-
-def _plots(run: Path, rep: dict):
-    try:
-        from . import report
-    except ImportError:  # pragma: no cover
-        return
-    report.plot_curves(run, rep)

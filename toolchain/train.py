@@ -225,19 +225,17 @@ def fit_full_graph_frozen(model, ds, cfg):
     return hist.history
 
 
-def stage2(model, ds, cfg, run: Path, stage1_val=None):
+def stage2(model, ds, cfg):
     """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
     modeling.import_keras()
     t0 = time.perf_counter()
-    base, _head, _ = modeling.parts(model)
-    if stage1_val is None:
-        stage1_val = _val_eval(model, ds, cfg)
     if cfg.fine_tune_epochs == 0:
         return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
+    base, _head, _ = modeling.parts(model)
+    acc1, loss1 = _val_eval(model, ds, cfg)
     stage1_weights = model.get_weights()
     first, history = fine_tune_fit(model, ds, cfg)
     acc2, loss2 = _val_eval(model, ds, cfg)
-    acc1, loss1 = stage1_val
     improved = acc2 > acc1 + 1e-9 or (abs(acc2 - acc1) <= 1e-9 and loss2 < loss1)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     section = {
