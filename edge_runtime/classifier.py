@@ -61,6 +61,16 @@ def parse_range(text) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest values, best first; equal values in ascending index order.
+
+    A stable sort of the negated scores gives exactly that order (``argpartition`` would not: it picks
+    among tied values arbitrarily, which made the answer depend on the CPU's int8 kernels)."""
+    p = np.asarray(probs).reshape(-1)
+    k = max(1, min(int(k), p.shape[0]))
+    return np.argsort(-p, kind="stable")[:k]
+
+
 class Classifier:
     """Run a TFLite image classifier.
 
@@ -218,13 +228,9 @@ class Classifier:
         return self._run(self.prepare(image, bgr)[None])[0]
 
     def top(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
-        k = max(1, min(int(top_k), probs.shape[0]))
-        if k < probs.shape[0]:
-            idx = np.argpartition(-probs, k - 1)[:k]
-            idx = idx[np.argsort(-probs[idx], kind="stable")]
-        else:
-            idx = np.argsort(-probs, kind="stable")
-        return [Prediction(self.labels[i], int(i), float(probs[i])) for i in idx]
+        """The ``top_k`` highest scores, best first. Ties (common with uint8 outputs, where scores move in
+        steps of 1/256) go to the lower class index, so the answer is the same on every CPU and run."""
+        return [Prediction(self.labels[i], int(i), float(probs[i])) for i in top_indices(probs, top_k)]
 
     def classify(self, image: np.ndarray, top_k: int = 3, bgr: bool = False) -> list[Prediction]:
         """Top-k predictions for one RGB uint8 image (``bgr=True`` for OpenCV BGR frames)."""

@@ -47,8 +47,18 @@ def test_camera_headless_on_video(hopper_video):
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 5 and [x["frame"] for x in lines] == list(range(5))
-    assert all(x["label"] == "military uniform" for x in lines)
     assert all(len(x["top_k"]) == 2 and x["latency_ms"] > 0 for x in lines)
+    # On these squashed, pillarboxed frames "military uniform" and "mortarboard" are close (0.21 each, a
+    # tie in uint8 on CPUs without AVX-512 VNNI). Ties go to the lower index (military uniform, 653 <
+    # 667); a CPU whose int8 kernels round the other way by an output step or two may rank mortarboard
+    # first, which is not an error: the test allows exactly that and nothing more.
+    step = 1 / 256  # the model's uint8 output quantum
+    for x in lines:
+        scores = {p["label"]: p["score"] for p in x["top_k"]}
+        assert "military uniform" in scores, x
+        assert x["score"] - scores["military uniform"] <= 2 * step + 1e-6, x
+        if x["label"] != "military uniform":
+            assert x["label"] == "mortarboard", x
     assert "5 frames" in r.stderr and "FPS" in r.stderr and "(max-frames)" in r.stderr
 
 

@@ -38,6 +38,22 @@ def test_reference_more_photos_and_bgr(shared):
     assert not np.array_equal(clf.probabilities(np.ascontiguousarray(rgb[:, :, ::-1])), p_rgb)
 
 
+def test_ties_go_to_the_lower_index(test_models):
+    """Equal scores (common with uint8 outputs) are ordered by class index, whatever the CPU."""
+    from edge_runtime.classifier import top_indices
+
+    clf = Classifier(test_models / "edgetl_uint8.tflite", num_threads=1)
+    assert [p.index for p in clf.top(np.array([0.2, 0.4, 0.4], np.float32), 3)] == [1, 2, 0]
+    assert [p.label for p in clf.top(np.array([0.4, 0.2, 0.4], np.float32), 1)] == ["blue"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # many ties at the k-th place: the lowest tied indices are kept, best first
+        p = rng.integers(0, 4, size=1001).astype(np.float32) / 4
+        for k in (1, 3, 5):
+            got = top_indices(p, k)
+            want = sorted(range(p.size), key=lambda i: (-p[i], i))[:k]
+            assert got.tolist() == want
+
+
 def test_batched_equals_single(shared):
     clf = Classifier(REF_PTQ, labels=IMAGENET_LABELS, num_threads=2, warn=False)
     imgs = [preprocess.decode_image(shared / "images" / n) for n in ("grace_hopper.bmp", "cat.bmp", "parrot.jpg")]
