@@ -28,7 +28,7 @@ def test_unknown_key_is_an_error(tmp_path):
     f.write_text("image_sise = 96\n")
     with pytest.raises(EdgetlError, match="unknown option 'image_sise'") as e:
         config.resolve(f)
-    assert "image_size" in e.value.hint
+    assert "did you mean 'image-size'" in e.value.hint  # the TOML spelling
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -12,8 +12,21 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from edge_runtime.errors import EdgetlError
+
+class _PlainHelpCommand(typer.core.TyperCommand):
+    """Typer's help, with its type placeholders (``<path>``, ``<list[str]>``) and braces around
+    arguments (``{DATA_DIR}``) removed: metavars already say what to write, in plain words."""
+
+    def get_help(self, ctx) -> str:
+        import re
+
+        text = super().get_help(ctx)
+        text = re.sub(r"\{([A-Za-z0-9_.|\[\]]+)\}", r"\1", text)
+        return re.sub(r" <[a-zA-Z\[\]|,. ]+>", "", text)
+
 
 app = typer.Typer(
     add_completion=False,
@@ -23,36 +36,50 @@ app = typer.Typer(
     help="Train a MobileNetV2 classifier on your photos, quantize it to TFLite, prove parity, run it on the edge.",
 )
 
+def _version(value: bool):
+    if value:
+        from edge_runtime import __version__
+
+        typer.echo(f"edgetl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print edgetl's version and exit.")):
+    """Train a MobileNetV2 classifier on your photos, quantize it to TFLite, prove parity, run it on the edge."""
+
+
 # ------------------------------------------------------------------ shared options
 # Training options default to None: "not given", so --config and a run's recorded config can apply.
-Alpha = typer.Option(None, "--alpha", help="MobileNetV2 width: 0.35, 0.5, 0.75, 1.0 (default), 1.3, 1.4.")
-ImageSize = typer.Option(None, "--image-size", help="Input size: 96, 128, 160 (default), 192, 224.")
-Weights = typer.Option(None, "--weights", help="imagenet (default), none, or PATH to a no-top .h5.")
-HeadUnits = typer.Option(None, "--head-units", help="Units of the head's hidden Dense layer (default 128).")
-Dropout = typer.Option(None, "--dropout", help="Dropout before the head (default 0.2).")
-Epochs = typer.Option(None, "--epochs", help="Stage-1 epochs (default 10; early stopping on val loss).")
-BatchSize = typer.Option(None, "--batch-size", help="Batch size (default 32).")
-LearningRate = typer.Option(None, "--learning-rate", help="Stage-1 Adam learning rate (default 1e-3).")
-Augment = typer.Option(None, "--augment/--no-augment", help="Train on augmented views too (flip, crop, light).")
-FineTuneFrom = typer.Option(None, "--fine-tune-from", help="First base layer to unfreeze: index or name (default 100).")
-FineTuneLR = typer.Option(None, "--fine-tune-lr", help="Stage-2 Adam learning rate (default 1e-5).")
-FineTuneEpochs = typer.Option(None, "--fine-tune-epochs", help="Stage-2 epochs (default 5; 0 skips stage 2).")
-Split = typer.Option(None, "--split", help="train,val,test fractions when DATA_DIR has no split (default 0.8,0.1,0.1).")
-Seed = typer.Option(None, "--seed", help="Seed for the split, initialisation and shuffling (default 42).")
-Resize = typer.Option(None, "--resize", help="Resize policy: crop (default), squash or pad.")
-Strict = typer.Option(None, "--strict/--no-strict", help="Unreadable files are an error instead of skipped.")
-ConfigFile = typer.Option(None, "--config", help="TOML file of options (flags override it).")
-Force = typer.Option(False, "--force", help="Overwrite an existing run folder / artifacts.")
-Quantize = typer.Option(None, "--quantize", help="TFLite mode(s) to produce: int8 (default), float16, dynamic, float32. Repeatable.")
-CalibrationSize = typer.Option(None, "--calibration-size", help="Calibration photos for int8 (default 300, seeded).")
-IoType = typer.Option(None, "--io", help="I/O type of int8 models: uint8 (default), int8, float32.")
-MaxDrop = typer.Option(None, "--max-drop", help="Parity gate: largest accuracy drop in points (default 1.0).")
-MinAgreement = typer.Option(None, "--min-agreement", help="Parity gate: smallest top-1 agreement (default 0.97).")
-Threads = typer.Option(None, "--threads", help="Interpreter threads (default: all cores).")
-Backend = typer.Option(None, "--backend", help="ai_edge_litert, tflite_runtime or tensorflow (default: first installed).")
-Labels = typer.Option(None, "--labels", help="Label file (one per line) for a model without metadata.")
-InputRange = typer.Option(None, "--input-range", help="LOW,HIGH values for pixels 0 and 255, for a float model without metadata.")
-TopK = typer.Option(3, "--top-k", help="How many classes to report.")
+Alpha = typer.Option(None, "--alpha", metavar="WIDTH", help="MobileNetV2 width: 0.35, 0.5, 0.75, 1.0 (default), 1.3, 1.4.")
+ImageSize = typer.Option(None, "--image-size", metavar="PX", help="Input size: 96, 128, 160 (default), 192, 224.")
+Weights = typer.Option(None, "--weights", metavar="SOURCE", help="imagenet (default), none, or the path of a no-top .h5 file.")
+HeadUnits = typer.Option(None, "--head-units", metavar="N", help="Units of the head's hidden Dense layer (default 128).")
+Dropout = typer.Option(None, "--dropout", metavar="RATE", help="Dropout before the head (default 0.2).")
+Epochs = typer.Option(None, "--epochs", metavar="N", help="Stage-1 epochs (default 10; early stopping on val loss).")
+BatchSize = typer.Option(None, "--batch-size", metavar="N", help="Batch size (default 32).")
+LearningRate = typer.Option(None, "--learning-rate", metavar="LR", help="Stage-1 Adam learning rate (default 1e-3).")
+Augment = typer.Option(None, "--augment/--no-augment", help="Train on augmented views too: flip, crop, light (default off).")
+FineTuneFrom = typer.Option(None, "--fine-tune-from", metavar="LAYER", help="First base layer to unfreeze: index or name (default 100).")
+FineTuneLR = typer.Option(None, "--fine-tune-lr", metavar="LR", help="Stage-2 Adam learning rate (default 1e-5).")
+FineTuneEpochs = typer.Option(None, "--fine-tune-epochs", metavar="N", help="Stage-2 epochs (default 5; 0 skips stage 2).")
+Split = typer.Option(None, "--split", metavar="TRAIN,VAL,TEST", help="train,val,test fractions when DATA_DIR has no split (default 0.8,0.1,0.1).")
+Seed = typer.Option(None, "--seed", metavar="N", help="Seed for the split, initialisation and shuffling (default 42).")
+Resize = typer.Option(None, "--resize", metavar="POLICY", help="Resize policy: crop (default), squash or pad.")
+Strict = typer.Option(None, "--strict/--no-strict", help="Unreadable files are an error instead of skipped (default off).")
+ConfigFile = typer.Option(None, "--config", metavar="FILE", help="TOML file of options (flags override it).")
+Force = typer.Option(False, "--force", help="Replace an existing run or models (the old ones stay until the new ones are complete).")
+Quantize = typer.Option(None, "--quantize", metavar="MODE", help="TFLite mode to produce: int8 (default), float16, dynamic, float32. Repeatable.")
+CalibrationSize = typer.Option(None, "--calibration-size", metavar="N", help="Calibration photos for int8 (default 300, seeded).")
+IoType = typer.Option(None, "--io", metavar="TYPE", help="I/O type of int8 models: uint8 (default), int8, float32.")
+MaxDrop = typer.Option(None, "--max-drop", metavar="POINTS", help="Parity gate: largest accuracy drop in points (default 1.0).")
+MinAgreement = typer.Option(None, "--min-agreement", metavar="FRACTION", help="Parity gate: smallest top-1 agreement (default 0.97).")
+Threads = typer.Option(None, "--threads", metavar="N", help="Interpreter threads (default all cores).")
+Backend = typer.Option(None, "--backend", metavar="NAME", help="ai_edge_litert, tflite_runtime or tensorflow (default the first installed).")
+Labels = typer.Option(None, "--labels", metavar="FILE", help="Label file (one per line) for a model without metadata.")
+InputRange = typer.Option(None, "--input-range", metavar="LOW,HIGH", help="LOW,HIGH values for pixels 0 and 255, for a float model without metadata.")
+TopK = typer.Option(3, "--top-k", metavar="K", show_default=False, help="How many classes to report (default 3).")
 
 
 def _split(v):
@@ -76,10 +103,15 @@ def _default_out(data_dir: Path) -> Path:
 # ------------------------------------------------------------------ training verbs
 
 
-@app.command()
+DataDir = typer.Argument(..., metavar="DATA_DIR", show_default=False,
+                         help="Folder with one sub-folder per class, or train/ val/ [test/] folders of them.")
+RunOut = typer.Option(None, "--out", metavar="RUN", help="Run folder (default runs/ + the data folder's name).")
+
+
+@app.command(cls=_PlainHelpCommand, short_help="Everything: photos to a checked, quantized TFLite model and a report.")
 def build(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class, or train/ val/ [test/]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<DATA_DIR name>)."),
+    data_dir: Path = DataDir,
+    out: Optional[Path] = RunOut,
     force: bool = Force,
     config: Optional[Path] = ConfigFile,
     alpha: Optional[float] = Alpha,
@@ -119,10 +151,10 @@ def build(
     typer.echo(str(out))
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Stage 1: split the photos, train the head on the frozen base's features.")
 def train(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class, or train/ val/ [test/]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<DATA_DIR name>)."),
+    data_dir: Path = DataDir,
+    out: Optional[Path] = RunOut,
     force: bool = Force,
     config: Optional[Path] = ConfigFile,
     alpha: Optional[float] = Alpha,
@@ -152,9 +184,9 @@ def train(
     typer.echo(str(out))
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Stage 2: fine-tune the top of the base with a small learning rate.")
 def finetune(
-    run: Path = typer.Argument(..., help="A run folder made by `edgetl train`."),
+    run: Path = typer.Argument(..., metavar="RUN", show_default=False, help="A run folder made by `edgetl train`."),
     force: bool = typer.Option(False, "--force", help="Fine-tune again a run that is already fine-tuned."),
     config: Optional[Path] = ConfigFile,
     fine_tune_from: Optional[str] = FineTuneFrom,
@@ -172,46 +204,69 @@ def finetune(
     typer.echo(str(run))
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Convert to TFLite (int8 by default), check it, measure parity.")
 def quantize(
-    source: Path = typer.Argument(..., help="A run folder, or a Keras model (.keras)."),
-    mode: Optional[List[str]] = typer.Option(None, "--mode", help="int8 (default), float16, dynamic, float32. Repeatable."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration photos (default: the run's train split)."),
+    source: Path = typer.Argument(..., metavar="RUN_OR_MODEL", show_default=False,
+                                  help="A run folder, or a Keras model (.keras)."),
+    quantize: Optional[List[str]] = Quantize,
+    mode: Optional[List[str]] = typer.Option(None, "--mode", hidden=True, help="Old name of --quantize."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="DIR",
+                                               help="Calibration photos (default the run's train split)."),
     calibration_size: Optional[int] = CalibrationSize,
     io: Optional[str] = IoType,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for a .keras source (default: beside it)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Write the models here (default: into the run, or beside the .keras file)."),
     labels: Optional[Path] = Labels,
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="For a Keras model not built by edgetl: LOW,HIGH its input expects for pixels 0 and 255."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", metavar="LOW,HIGH",
+                                              help="For a Keras model not built by edgetl: the values its input "
+                                                   "expects for pixels 0 and 255."),
     resize: Optional[str] = Resize,
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
     force: bool = Force,
 ):
-    """Convert to TFLite (int8 full-integer by default), check it, embed metadata, measure parity."""
+    """Convert to TFLite (int8 full-integer by default), check it, embed metadata, measure parity.
+    Exit 1 when a parity gate fails (the models are kept)."""
     from . import quantize_cmd
 
-    results = quantize_cmd.run(source, modes=mode, calibration=calibration, calibration_size=calibration_size, io=io,
-                               out=out, labels=labels, input_range=input_range, resize=resize, max_drop=max_drop,
+    results = quantize_cmd.run(source, modes=list(quantize or []) + list(mode or []) or None, calibration=calibration,
+                               calibration_size=calibration_size, io=io, out=out, labels=labels,
+                               input_range=input_range, resize=resize, max_drop=max_drop,
                                min_agreement=min_agreement, force=force)
     for r in results.values():
         typer.echo(r["out"])
+    failed = quantize_cmd.gate_failures(results)
+    if failed:
+        from edge_runtime.errors import GateFailed
+
+        reasons = "; ".join(f"{m}: {results[m]['reason']}" for m in failed)
+        raise GateFailed(f"parity gate failed for {', '.join(failed)} ({reasons})",
+                         hint="the models are kept; calibrate with more photos (--calibration-size), use another "
+                              "--quantize mode, or relax --max-drop/--min-agreement")
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Compare a TFLite model with its Keras model; exit 1 when a gate fails.")
 def parity(
-    keras_model: Path = typer.Argument(..., help="The Keras model (.keras)."),
-    tflite_model: Path = typer.Argument(..., help="The TFLite model."),
-    data: Optional[Path] = typer.Argument(None, help="DATA_DIR (every photo in it) or RUN (its test split)."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest accuracy drop allowed, in points."),
-    min_agreement: float = typer.Option(0.97, "--min-agreement", help="Smallest top-1 agreement allowed."),
+    keras_model: Path = typer.Argument(..., metavar="MODEL.keras", show_default=False, help="The Keras model."),
+    tflite_model: Path = typer.Argument(..., metavar="MODEL.tflite", show_default=False, help="The TFLite model."),
+    data: Optional[Path] = typer.Argument(None, metavar="[DATA_DIR|RUN]", show_default=False,
+                                          help="A folder of photos (all of them) or a run (its test split)."),
+    max_drop: float = typer.Option(1.0, "--max-drop", metavar="POINTS", show_default=False,
+                                   help="Largest accuracy drop allowed, in points (default 1.0)."),
+    min_agreement: float = typer.Option(0.97, "--min-agreement", metavar="FRACTION", show_default=False,
+                                        help="Smallest top-1 agreement allowed (default 0.97)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     labels: Optional[Path] = Labels,
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="For a Keras model not built by edgetl: LOW,HIGH for pixels 0 and 255."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", metavar="LOW,HIGH",
+                                              help="For a Keras model not built by edgetl: the values for pixels 0 and 255."),
     resize: Optional[str] = Resize,
     threads: Optional[int] = Threads,
 ):
     """Compare a TFLite model with its Keras model on the same photos; exit 1 when a gate fails."""
+    from . import config as config_mod
     from . import parity_cmd
+
+    config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
 
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
                             labels=labels, input_range=input_range, resize=resize, threads=threads)
@@ -239,16 +294,20 @@ def _classifier(model, threads, labels, backend, input_range, resize=None):
     return clf
 
 
-@app.command()
+ModelArg = typer.Argument(..., metavar="MODEL", show_default=False, help="A .tflite model.")
+
+
+@app.command(cls=_PlainHelpCommand, short_help="Classify image files and folders (table, JSON lines or CSV).")
 def predict(
-    model: Path = typer.Argument(..., help="A .tflite model."),
-    paths: List[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    model: Path = ModelArg,
+    paths: List[Path] = typer.Argument(..., metavar="PATHS", show_default=False,
+                                       help="Image files or folders (recursed)."),
     top_k: int = TopK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path,label,score,top_k."),
     labels: Optional[Path] = Labels,
     input_range: Optional[str] = InputRange,
-    resize: Optional[str] = typer.Option(None, "--resize", help="Override the model's resize policy."),
+    resize: Optional[str] = typer.Option(None, "--resize", metavar="POLICY", help="Override the model's resize policy."),
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
 ):
@@ -265,13 +324,15 @@ def predict(
                           hint="fix or remove those files; the others were classified")
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Classify a camera, video file or stream: a window, or JSON lines.")
 def camera(
-    model: Path = typer.Argument(..., help="A .tflite model."),
-    source: str = typer.Option("0", "--source", help="Camera index (0), video file, or stream URL."),
+    model: Path = ModelArg,
+    source: str = typer.Option("0", "--source", metavar="SOURCE", show_default=False,
+                               help="Camera index, video file or stream URL (default 0, the first camera)."),
     headless: bool = typer.Option(False, "--headless", help="No window: print one JSON line per frame."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
-    smooth: int = typer.Option(1, "--smooth", help="Average the scores over the last N frames."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", metavar="N", help="Stop after N frames."),
+    smooth: int = typer.Option(1, "--smooth", metavar="N", show_default=False,
+                               help="Average the scores over the last N frames (default 1)."),
     top_k: int = TopK,
     labels: Optional[Path] = Labels,
     input_range: Optional[str] = InputRange,
@@ -290,13 +351,16 @@ def camera(
           f"{s['latency_ms_p50']:.2f} ms, loop p50 {s['loop_ms_p50']:.2f} ms ({s['ended']})", file=sys.stderr)
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="Latency, FPS, size and memory of a model on this device.")
 def bench(
-    model: Path = typer.Argument(..., help="A .tflite model."),
-    threads: str = typer.Option("1,2", "--threads", help="Thread counts to measure, e.g. 1,2,4."),
-    runs: int = typer.Option(200, "--runs", help="Timed runs per thread count."),
-    warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Benchmark on this photo (default: a 640x480 test frame)."),
+    model: Path = ModelArg,
+    threads: str = typer.Option("1,2", "--threads", metavar="N,N...", show_default=False,
+                                help="Thread counts to measure (default 1,2)."),
+    runs: int = typer.Option(200, "--runs", metavar="N", show_default=False,
+                             help="Timed runs per thread count (default 200)."),
+    warmup: int = typer.Option(20, "--warmup", metavar="N", show_default=False, help="Untimed runs first (default 20)."),
+    image: Optional[Path] = typer.Option(None, "--image", metavar="PHOTO",
+                                         help="Benchmark on this photo (default a 640x480 test frame)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     labels: Optional[Path] = Labels,
     input_range: Optional[str] = InputRange,
@@ -308,9 +372,9 @@ def bench(
     runtime_cmds.bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend)
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")
 def info(
-    model: Path = typer.Argument(..., help="A .tflite model."),
+    model: Path = ModelArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     backend: Optional[str] = Backend,
 ):
@@ -327,22 +391,80 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _click_exceptions():
+    """Click's exceptions: vendored by Typer >= 0.2x, the click package before."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:  # older Typer (Python < 3.11)
+        from click import exceptions as ex
+    return ex
+
+
+def _abort_types():
+    types = []
+    for mod in ("typer.exceptions", "click.exceptions"):
+        try:
+            m = __import__(mod, fromlist=["Abort"])
+            types.append(m.Abort)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types) or (KeyboardInterrupt,)
+
+
+OS_HINTS = {
+    "ENOSPC": "free some space on that disk, or write to another one (--out)",
+    "EDQUOT": "free some space (disk quota), or write to another disk (--out)",
+    "EROFS": "that filesystem is read-only: choose a folder you can write (--out)",
+    "EACCES": "check the permissions, or choose a folder you can write (--out)",
+    "EPERM": "check the permissions, or choose a folder you can write (--out)",
+    "ENAMETOOLONG": "shorten the file or folder name",
+    "EISDIR": "pass a file, not a folder",
+    "ENOTDIR": "a part of the path is a file, not a folder",
+}
+
+
+def _fail(message: str, hint: str | None, code: int):
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv=None):
+    import errno
     import warnings
 
     warnings.showwarning = _one_line_warning
+    ex = _click_exceptions()
+    no_args_help = getattr(ex, "NoArgsIsHelpError", None)
+    command = typer.main.get_command(app)
     try:
-        app(args=argv, prog_name="edgetl")
+        code = command.main(args=argv, prog_name="edgetl", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except EdgetlError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(e.message, e.hint, e.exit_code)
+    except ex.UsageError as e:
+        if no_args_help is not None and isinstance(e, no_args_help):
+            e.show()
+            sys.exit(0)
+        where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "edgetl"
+        msg = " ".join(e.format_message().split())
+        _fail(msg[0].lower() + msg[1:] if msg else "bad usage", f"see `{where} --help`", 2)
+    except ex.ClickException as e:
+        _fail(e.format_message(), "see `edgetl --help`", 2)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            sys.exit(0)
+        name = errno.errorcode.get(e.errno or 0, "")
+        where = e.filename if e.filename is not None else ""
+        _fail(f"{where}: {e.strerror or e}" if where else f"{e.strerror or e}",
+              OS_HINTS.get(name, "check the path and that the disk is writable"), 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
+    except _abort_types():
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

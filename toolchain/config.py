@@ -8,6 +8,7 @@ the option names with ``_`` or ``-`` (``image_size`` or ``image-size``), at the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,34 +61,78 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def toml_name(name: str) -> str:
+    """The spelling users write: image-size (TOML key), --image-size (flag)."""
+    return name.replace("_", "-")
+
+
+# Upper bounds that keep a typo from allocating the machine away (head-units 1e20) or overflowing.
+LIMITS = {"head_units": 65536, "epochs": 100000, "fine_tune_epochs": 100000, "batch_size": 65536,
+          "calibration_size": 1000000, "patience": 100000, "fine_tune_patience": 100000, "augment_views": 100,
+          "seed": 2**32 - 1}
+LIST_ITEM = {"split": "number", "quantize": "str"}
+
+
 def _coerce(name: str, value):
     f = FIELDS[name]
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    shown = toml_name(name)
     try:
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise TypeError
             return value
         if isinstance(default, int):
-            if isinstance(value, bool) or int(value) != float(value):
+            if isinstance(value, bool) or isinstance(value, str) and not value.strip().lstrip("-").isdigit():
                 raise TypeError
-            return int(value)
+            if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+                raise TypeError
+            v = int(value)
+            if v < 0 or v > LIMITS.get(name, 2**31 - 1):
+                raise EdgetlError(f"{shown} {v} is out of range",
+                                  hint=f"use an integer from 0 to {LIMITS.get(name, 2**31 - 1)}")
+            return v
         if isinstance(default, float):
             if isinstance(value, bool):
                 raise TypeError
-            return float(value)
+            v = float(value)
+            if not math.isfinite(v):
+                raise EdgetlError(f"{shown} must be a finite number, not {value!r}", hint=f"e.g. {default!r}")
+            return v
         if isinstance(default, list):
             if not isinstance(value, (list, tuple)):
                 value = [value]
-            return list(value)
+            items = list(value)
+            if LIST_ITEM.get(name) == "number":
+                if any(isinstance(x, bool) for x in items):
+                    raise TypeError
+                items = [float(x) for x in items]
+                if not all(math.isfinite(x) for x in items):
+                    raise TypeError
+            elif LIST_ITEM.get(name) == "str" and not all(isinstance(x, str) for x in items):
+                raise TypeError
+            return items
         if name == "fine_tune_from":
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise TypeError
             return str(value)
         if not isinstance(value, str):
             raise TypeError
         return value
-    except (TypeError, ValueError):
-        raise EdgetlError(f"option {name}: {value!r} is not a valid {type(default).__name__}",
-                          hint=f"default is {default!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = {"number": "list of numbers", "str": "list of names"}.get(LIST_ITEM.get(name), type(default).__name__)
+        raise EdgetlError(f"option {shown}: {value!r} is not a valid {kind}",
+                          hint=f"e.g. {shown} = {_toml_value(default)} (the default)") from None
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
 
 
 def validate(cfg: Config) -> Config:
@@ -101,26 +146,30 @@ def validate(cfg: Config) -> Config:
     if cfg.resize not in RESIZE_POLICIES:
         bad(f"resize policy {cfg.resize!r} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
     if len(cfg.split) not in (2, 3) or any(not 0 <= float(x) < 1 for x in cfg.split[1:]) \
-            or abs(sum(float(x) for x in cfg.split) - 1.0) > 1e-6 or float(cfg.split[0]) <= 0:
+            or abs(sum(float(x) for x in cfg.split) - 1.0) > 1e-6 or not 0 < float(cfg.split[0]) <= 1:
         bad(f"split {cfg.split} is not a train/val[/test] partition", "e.g. --split 0.8,0.1,0.1 (sums to 1)")
     cfg.split = [float(x) for x in cfg.split]
-    for name in ("epochs", "batch_size", "head_units", "calibration_size"):
+    for name in ("epochs", "batch_size", "head_units", "calibration_size", "augment_views"):
         if getattr(cfg, name) < 1:
-            bad(f"{name.replace('_', '-')} must be at least 1", "")
-    if cfg.fine_tune_epochs < 0 or cfg.augment_views < 1 or cfg.patience < 0 or cfg.fine_tune_patience < 0:
-        bad("fine-tune-epochs, patience must be >= 0 and augment-views >= 1", "")
+            bad(f"{toml_name(name)} must be at least 1", f"e.g. --{toml_name(name)} {getattr(Config, name)}")
     if not 0 <= cfg.dropout < 1:
-        bad(f"dropout {cfg.dropout} must be in [0, 1)", "e.g. 0.2")
+        bad(f"dropout {cfg.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
+    if not cfg.quantize:
+        bad("no quantization mode given (quantize is empty)", f"give at least one of {', '.join(MODES)}, e.g. "
+            "--quantize int8")
     for m in cfg.quantize:
         if m not in MODES:
             bad(f"quantization mode {m!r} is unknown", f"use one of {', '.join(MODES)}")
     cfg.quantize = list(dict.fromkeys(cfg.quantize))
     if cfg.io not in IO_TYPES:
         bad(f"io type {cfg.io!r} is unknown", f"use one of {', '.join(IO_TYPES)}")
-    if not 0 <= cfg.min_agreement <= 1 or cfg.max_drop < 0:
-        bad("gates: --min-agreement must be within [0, 1] and --max-drop at least 0", "e.g. --max-drop 1 --min-agreement 0.97")
-    if cfg.learning_rate <= 0 or cfg.fine_tune_lr <= 0:
-        bad("learning rates must be positive", "")
+    if not 0 <= cfg.min_agreement <= 1 or not 0 <= cfg.max_drop <= 100:
+        bad("gates: --min-agreement must be within [0, 1] and --max-drop within [0, 100] points",
+            "e.g. --max-drop 1 --min-agreement 0.97")
+    for name in ("learning_rate", "fine_tune_lr"):
+        if not 0 < getattr(cfg, name) <= 10:
+            bad(f"{toml_name(name)} {getattr(cfg, name)} must be in (0, 10]",
+                f"e.g. --{toml_name(name)} {getattr(Config, name)}")
     return cfg
 
 
@@ -147,7 +196,8 @@ def read_toml(path) -> dict:
 
             close = difflib.get_close_matches(name, FIELDS, n=1)
             raise EdgetlError(f"{p}: unknown option {k!r}",
-                              hint=(f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(FIELDS))
+                              hint=(f"did you mean {toml_name(close[0])!r}? " if close else "")
+                              + "valid: " + ", ".join(toml_name(f) for f in FIELDS))
         out[name] = v
     return out
 

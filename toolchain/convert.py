@@ -313,15 +313,18 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
     return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test))
 
 
-def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True) -> dict:
-    """Convert a run's model.keras to each mode, with parity on the run's test split. Updates report.json."""
+def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
+                 dest: Path | None = None) -> dict:
+    """Convert a run's model.keras to each mode, with parity on the run's photos. The models go into the
+    run (and report.json is updated), or into ``dest`` (with labels.txt; the run is only read)."""
     from . import data as data_mod
 
     run = Path(run)
+    target = Path(dest) if dest is not None else run
     modes = list(modes or cfg.quantize)
-    existing = [m for m in modes if (run / f"model_{m}.tflite").exists()]
+    existing = [m for m in modes if (target / f"model_{m}.tflite").exists()]
     if existing and not force:
-        raise EdgetlError(f"{run} already has {', '.join(f'model_{m}.tflite' for m in existing)}",
+        raise EdgetlError(f"{target} already has {', '.join(f'model_{m}.tflite' for m in existing)}",
                           hint="pass --force to convert again")
     if model is None:
         model = modeling.load(run / "model.keras")
@@ -346,15 +349,19 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     results = {}
     for mode in modes:
         ui.info(f"converting to {mode} ...")
-        r = convert_one(model, mode, run / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
+        target.mkdir(parents=True, exist_ok=True)
+        r = convert_one(model, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
-                        min_agreement=cfg.min_agreement, log_dir=run / "logs")
+                        min_agreement=cfg.min_agreement, log_dir=target / "logs")
         results[mode] = r
         ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
                 f"{'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
+    if dest is not None:
+        runfolder.write_text(target / "labels.txt", "\n".join(labels) + "\n")
+        return results
     rep = runfolder.read_report(run)
     tfl = dict(rep.get("tflite") or {})
     tfl.update(results)

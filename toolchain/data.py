@@ -12,9 +12,11 @@ does not grow with the dataset and later stages never decode again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -181,6 +183,47 @@ def stratified_split(items: list, n_classes: int, fractions, seed: int) -> dict:
 # ---------------------------------------------------------------- decoding into the cache
 
 
+def create_cache(path: Path, shape) -> np.ndarray:
+    """A new .npy file of uint8 ``shape``, memory-mapped for writing, with its disk blocks reserved first.
+
+    Writing a memory map on a full disk kills the process with SIGBUS ("Bus error", nothing on stderr),
+    so the space (known in advance: N x H x W x 3 bytes) is checked and reserved before any photo is
+    decoded; a disk that cannot hold it is an error naming the folder and the sizes."""
+    path = Path(path)
+    nbytes = int(np.prod(shape))
+    header = {"descr": "|u1", "fortran_order": False, "shape": tuple(int(x) for x in shape)}
+    free = _free_bytes(path.parent)
+    if free is not None and free < nbytes + (16 << 20):
+        raise EdgetlError(
+            f"not enough space in {path.parent}: the photo cache needs {nbytes / 2**20:.0f} MB "
+            f"({shape[0]} photos of {shape[1]}x{shape[2]}), {free / 2**20:.0f} MB free",
+            hint="free some space, choose --out on another disk, or use a smaller --image-size")
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        offset = f.tell()
+        try:
+            os.posix_fallocate(f.fileno(), 0, offset + nbytes)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                f.close()
+                path.unlink(missing_ok=True)
+                raise EdgetlError(f"not enough space in {path.parent} for the photo cache "
+                                  f"({nbytes / 2**20:.0f} MB)", hint="free some space or choose --out on another disk") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            f.truncate(offset + nbytes)  # this filesystem cannot reserve: the free-space check above stands
+        except AttributeError:  # no posix_fallocate on this OS
+            f.truncate(offset + nbytes)
+    return np.memmap(path, dtype=np.uint8, mode="r+", offset=offset, shape=tuple(shape))
+
+
+def _free_bytes(folder: Path):
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
 def _read_one(path: Path, size: int, policy: str):
     try:
         data = path.read_bytes()
@@ -208,7 +251,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     cache_dir.mkdir(parents=True, exist_ok=True)
     size = cfg.image_size
     tmp = cache_dir / "images.u8.tmp"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(n, 1), size, size, 3))
+    images = create_cache(tmp, (max(n, 1), size, size, 3))
     ok_rows, hashes, skipped = {}, {}, []
     row = 0
     with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(_workers()) as pool:
@@ -293,9 +336,18 @@ def _warn_quality(ds: Dataset, hashes: dict):
         ds.notes.append(f"class imbalance: '{big}' has {hi} training photos, '{small}' {lo} ({hi / lo:.1f}x)")
         ui.warn(ds.notes[-1] + "; accuracy on the small class may suffer")
     where = defaultdict(set)
+    labels_of = defaultdict(set)
     for s, items in ds.files.items():
-        for rel, _, _ in items:
+        for rel, lab, _ in items:
             where[hashes[rel]].add((s, rel))
+            labels_of[hashes[rel]].add(lab)
+    clash = [sorted(rel for _, rel in where[h]) for h, labs in labels_of.items() if len(labs) > 1]
+    if clash:
+        ds.notes.append(f"{len(clash)} photo(s) appear, identical, in more than one class (the labels contradict "
+                        "each other)")
+        ui.warn(ds.notes[-1] + ":")
+        for group in clash[:5]:
+            ui.info("  " + "  ==  ".join(group))
     dups = [sorted(v) for v in where.values() if len({s for s, _ in v}) > 1]
     if dups:
         ds.notes.append(f"{len(dups)} identical file(s) appear in more than one split (test figures are optimistic)")
@@ -332,18 +384,37 @@ def load(run_dir) -> Dataset:
     if not sp.is_file():
         raise EdgetlError(f"{run_dir} is not an edgetl run (no split.json)",
                           hint="run `edgetl train DATA_DIR --out RUN` first")
-    doc = json.loads(sp.read_text())
-    data_dir = Path(doc["data_dir"])
+    doc = runfolder.read_json(sp, "split")
+    try:
+        data_dir = Path(doc["data_dir"])
+        n_files = sum(len(v) for v in doc["files"].values())
+        size = int(doc["image_size"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EdgetlError(f"{sp} is damaged (fields missing)",
+                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
     idx_path, img_path = run_dir / "cache" / "index.json", run_dir / "cache" / "images.npy"
-    rows = None
-    if idx_path.is_file() and img_path.is_file():
-        idx = json.loads(idx_path.read_text())
-        if idx.get("image_size") == doc["image_size"] and idx.get("resize") == doc["resize"]:
+    rows, images = None, None
+    try:
+        idx = json.loads(idx_path.read_text()) if idx_path.is_file() else None
+        if isinstance(idx, dict) and idx.get("image_size") == size and idx.get("resize") == doc["resize"] \
+                and img_path.is_file():
+            images = np.load(img_path, mmap_mode="r")
             rows = idx["rows"]
+            if images.shape[1:] != (size, size, 3) or len(rows) != n_files or \
+                    any(not 0 <= r < images.shape[0] for r in rows.values()):
+                rows, images = None, None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        rows, images = None, None  # a damaged or truncated cache is rebuilt, as a missing one
     if rows is None:
+        if img_path.exists():
+            ui.warn(f"the photo cache of {run_dir} is missing or damaged: decoding the photos again")
         rows = _rebuild_cache(run_dir, doc)
-    files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
-    images = np.load(img_path, mmap_mode="r")
+        images = np.load(img_path, mmap_mode="r")
+    try:
+        files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
+    except (KeyError, TypeError, ValueError):
+        raise EdgetlError(f"{sp} is damaged (it does not match the cache)",
+                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
     return Dataset(data_dir, doc["classes"], doc["layout"], doc["image_size"], doc["resize"], images, files,
                    doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
 
@@ -354,7 +425,7 @@ def _rebuild_cache(run_dir: Path, doc: dict) -> dict:
     size, policy = doc["image_size"], doc["resize"]
     tmp = run_dir / "cache" / "images.u8.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
+    images = create_cache(tmp, (max(len(items), 1), size, size, 3))
     with ui.Progress(len(items), "re-decoding photos") as bar:
         for r, rel in enumerate(items):
             px, _, reason = _read_one(data_dir / rel, size, policy)

@@ -64,7 +64,8 @@ def make_base(cfg):
                 raise EdgetlError(
                     f"could not download the ImageNet weights for MobileNetV2 (alpha {cfg.alpha}, {S} px): {text}",
                     hint=f"connect to the internet once (Keras caches the file), or pass --weights PATH to a local "
-                    f"{imagenet_filename(cfg.alpha, S)}, or --weights none to train from scratch",
+                    f"{imagenet_filename(cfg.alpha, 224)} (the 224 no-top file works at every image size), "
+                    "or --weights none to train from scratch",
                 ) from None
             raise
         home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
@@ -146,11 +147,43 @@ def parts(model):
     return base, head, extractor
 
 
-def save(model, path):
-    """Save for inference: no optimizer state (it would triple the file after fine-tuning)."""
+KERAS_INFO = "edgetl.json"
+
+
+def save(model, path, info: dict | None = None):
+    """Save for inference: no optimizer state (it would triple the file after fine-tuning). ``info``
+    (labels, image size, resize policy, value range) is stored inside the .keras archive as
+    ``edgetl.json`` (Keras ignores it), so a copied model still says what it is."""
     if getattr(model, "optimizer", None) is not None:
         model.optimizer = None
     model.save(path)
+    if info:
+        import json
+        import zipfile
+
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr(KERAS_INFO, json.dumps({"format": "edgetl.keras", **info}, indent=1))
+
+
+def read_info(path) -> dict | None:
+    """The edgetl info stored in a .keras file by ``save`` (no TensorFlow needed), or None."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            zi = z.getinfo(KERAS_INFO)
+            if zi.file_size > 1 << 20:
+                return None
+            doc = json.loads(z.read(zi).decode("utf-8"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != "edgetl.keras":
+        return None
+    labels = doc.get("labels")
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
+        return None
+    return doc
 
 
 def load(path):
@@ -175,10 +208,20 @@ def is_edgetl_model(model) -> bool:
         return False
 
 
-def set_fine_tune(base, fine_tune_from: str) -> int:
-    """Unfreeze the base from a layer index or name; BatchNorm layers stay frozen (inference mode).
-    Returns the index of the first trainable layer."""
-    _, keras = import_keras()
+def check_weights_arg(weights) -> None:
+    """Before anything heavy: a --weights PATH must exist (imagenet and none are checked later)."""
+    w = str(weights)
+    if w.lower() in ("imagenet", "none"):
+        return
+    p = Path(w).expanduser()
+    if not p.is_file():
+        raise EdgetlError(f"weights file not found: {p}",
+                          hint="--weights takes imagenet, none, or the path of a MobileNetV2 no-top .h5 file")
+
+
+def fine_tune_index(base, fine_tune_from: str) -> int:
+    """The base layer index ``fine_tune_from`` (an index, negative from the end, or a name) names; an
+    error naming the valid range or close names otherwise. Checked before any training."""
     layers = base.layers
     spec = str(fine_tune_from)
     if spec.lstrip("-").isdigit():
@@ -187,16 +230,25 @@ def set_fine_tune(base, fine_tune_from: str) -> int:
             idx += len(layers)
         if not 0 <= idx < len(layers):
             raise EdgetlError(f"--fine-tune-from {spec} is outside the base's {len(layers)} layers",
-                              hint=f"use an index in 0..{len(layers) - 1} or a layer name such as {layers[100].name}")
-    else:
-        names = [layer.name for layer in layers]
-        if spec not in names:
-            import difflib
+                              hint=f"use an index in 0..{len(layers) - 1} or a layer name such as "
+                                   f"{layers[min(100, len(layers) - 1)].name}")
+        return idx
+    names = [layer.name for layer in layers]
+    if spec not in names:
+        import difflib
 
-            close = difflib.get_close_matches(spec, names, n=3)
-            raise EdgetlError(f"--fine-tune-from: the base has no layer named {spec!r}",
-                              hint=f"did you mean {', '.join(close)}?" if close else "pass a layer index, e.g. 100")
-        idx = names.index(spec)
+        close = difflib.get_close_matches(spec, names, n=3)
+        raise EdgetlError(f"--fine-tune-from: the base has no layer named {spec!r}",
+                          hint=f"did you mean {', '.join(close)}?" if close else "pass a layer index, e.g. 100")
+    return names.index(spec)
+
+
+def set_fine_tune(base, fine_tune_from: str) -> int:
+    """Unfreeze the base from a layer index or name; BatchNorm layers stay frozen (inference mode).
+    Returns the index of the first trainable layer."""
+    _, keras = import_keras()
+    layers = base.layers
+    idx = fine_tune_index(base, fine_tune_from)
     base.trainable = True
     for i, layer in enumerate(layers):
         layer.trainable = i >= idx and not isinstance(layer, keras.layers.BatchNormalization)

@@ -7,7 +7,6 @@ a device would (its input mapping, dequantization and all).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError
 
 from . import data as data_mod
-from . import metrics, modeling, ui
+from . import metrics, modeling, runfolder, ui
 
 
 def keras_probabilities(model, tensors, value_range=(0.0, 255.0), batch_size: int = 32, desc: str | None = None):
@@ -160,11 +159,13 @@ def load_folder(data_dir, size, policy, classes=None, progress: str = "reading p
     return tensors, y, [str(files[i]) for i in keep], skipped
 
 
-def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=None, resize=None, run=None):
-    """(labels, value_range, size, resize) for a Keras model, or a clear error naming what is missing.
+def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=None, resize=None, run=None,
+                       info: dict | None = None, also_missing=()):
+    """(labels, value_range, size, resize) for a Keras model, or one clear error naming everything that
+    is missing (``also_missing``: what the caller lacks besides, e.g. calibration photos).
 
     ``labels_file``: a path or a list; ``input_range``: "LOW,HIGH" or a pair (ignored for edgetl models,
-    which take raw pixels)."""
+    which take raw pixels); ``info``: the edgetl info stored inside a .keras file (modeling.read_info)."""
     from edge_runtime.classifier import parse_range, read_labels
 
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
@@ -176,11 +177,13 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
         raise EdgetlError(f"{keras_path}: model output {list(out_shape)} is not a class-probability vector",
                           hint="edgetl converts classifiers whose output is [batch, classes]")
     size = (int(shape[1]), int(shape[2]))
-    ours = modeling.is_edgetl_model(model)
+    ours = info is not None or modeling.is_edgetl_model(model)
     if isinstance(labels_file, (list, tuple)):
         labels = list(labels_file)
     elif labels_file:
         labels = read_labels(labels_file)
+    elif info is not None:
+        labels = list(info["labels"])
     elif run is not None and (Path(run) / "labels.txt").is_file():
         labels = read_labels(Path(run) / "labels.txt")
     elif (keras_path.parent / "labels.txt").is_file() and ours:
@@ -188,7 +191,7 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
     else:
         labels = None
     if ours:
-        value_range = (0.0, 255.0)  # edgetl models scale pixels inside the model
+        value_range = tuple(info.get("value_range", (0.0, 255.0))) if info else (0.0, 255.0)  # scaled inside
     elif input_range is not None:
         value_range = parse_range(input_range)
     else:
@@ -198,21 +201,31 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
         missing.append("--labels FILE (one label per output, in order)")
     if value_range is None:
         missing.append("--input-range LOW,HIGH (the values pixel 0 and 255 must become, e.g. -1,1)")
+    missing += list(also_missing)
     if missing:
-        raise EdgetlError(f"{keras_path} was not built by edgetl, so these are unknown: {'; '.join(missing)}",
-                          hint="pass " + " and ".join(m.split(' (')[0] for m in missing) + " (and --resize if not 'crop')")
+        if ours:
+            why = (f"{keras_path} is an edgetl model that does not carry its labels (written by edgetl 0.1) "
+                   "and has no labels.txt beside it" if labels is None else f"{keras_path} needs more")
+        elif labels is None or value_range is None:
+            why = f"{keras_path} was not built by edgetl, so it does not say its labels or input range"
+        else:
+            why = f"{keras_path} needs more"
+        raise EdgetlError(f"{why}; missing: {'; '.join(missing)}",
+                          hint="pass " + " and ".join(m.split(' (')[0] for m in missing)
+                               + ("" if ours else " (and --resize if not 'crop')"))
     if len(labels) != out_shape[1]:
         raise EdgetlError(f"{len(labels)} labels for a model with {out_shape[1]} outputs",
                           hint="pass the labels file that belongs to this model")
+    if resize is None and info is not None:
+        resize = info.get("resize")
     if resize is None and run is not None:
-        cfg = json.loads((Path(run) / "report.json").read_text()).get("config", {}) if (Path(run) / "report.json").is_file() else {}
-        resize = cfg.get("resize")
+        resize = runfolder.read_report(Path(run)).get("config", {}).get("resize")
     return labels, value_range, size, resize or preprocess.DEFAULT_RESIZE
 
 
 def run_dir_of(path: Path):
     p = Path(path)
     for cand in (p, p.parent):
-        if (cand / "split.json").is_file():
+        if runfolder.is_run(cand) or runfolder.is_legacy_run(cand):
             return cand
     return None

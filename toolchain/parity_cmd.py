@@ -36,7 +36,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
     if n_out != clf.num_classes:
         raise EdgetlError(f"the Keras model has {n_out} outputs but the TFLite model {clf.num_classes}",
                           hint="compare a TFLite model with its own Keras model")
-    if data is not None and Path(data).is_dir() and (Path(data) / "split.json").is_file():
+    if data is not None and Path(data).is_dir() and parity.run_dir_of(Path(data)) == Path(data):
         ds = data_mod.load(data)
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")

@@ -1,5 +1,11 @@
 """The training verbs: `edgetl train`, `edgetl finetune`, `edgetl build` (train + finetune + convert +
-parity + report), all writing into one run folder."""
+parity + report), all writing into one run folder.
+
+Every verb checks what it can without TensorFlow first (the data folder, the options, the run folder
+and its lock), so a mistake is reported in well under a second. Then it works on a staged copy of the
+run (see runfolder.py) that replaces the run only when the command ends: a failed or killed command
+leaves the previous run whole.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgetlError
+from edge_runtime.errors import EdgetlError, GateFailed
 
 from . import config as config_mod
 from . import data as data_mod
@@ -19,8 +25,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _save_final(model, run: Path) -> str:
-    runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp))
+def keras_info(ds, cfg) -> dict:
+    """What a model.keras carries about itself (see modeling.save)."""
+    return {"labels": list(ds.classes), "image_size": [cfg.image_size, cfg.image_size], "resize": cfg.resize,
+            "value_range": [0.0, 255.0], "edgetl_version": __version__}
+
+
+def _save_final(model, run: Path, ds, cfg) -> str:
+    runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp, keras_info(ds, cfg)))
     return runfolder.sha256_file(run / "model.keras")
 
 
@@ -34,27 +46,20 @@ def _dataset_section(ds) -> dict:
     }
 
 
-def do_train(data_dir, out, cfg, force: bool) -> tuple:
-    """Stage 1 into a new run folder. Returns (run, model, dataset, report)."""
-    modeling.import_keras()  # fail early (exit 2) when TensorFlow is missing
+def _precheck_new(data_dir, out, cfg):
+    """Everything about a new run that needs no TensorFlow and no lock."""
+    runfolder.check_data_relation(out, data_dir)
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written
-    runfolder.check(out, force)  # so does an existing run without --force
-    base, weights = modeling.make_base(cfg)  # and missing or undownloadable weights
-    fresh = not Path(out).exists()
-    run = runfolder.prepare(out, force)
-    t0 = time.perf_counter()
+    modeling.check_weights_arg(cfg.weights)
+
+
+def _train_into(run: Path, data_dir, cfg, base, weights, t0: float) -> tuple:
+    """Stage 1 into the (staged) folder ``run``. Returns (model, dataset, report)."""
     runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": _now(), "status": "running",
                                                "config": cfg.as_dict()})
-    try:
-        ds = data_mod.build(data_dir, run, cfg)
-    except EdgetlError:
-        if fresh:  # nothing of value was made: leave no half-made run behind
-            import shutil
-
-            shutil.rmtree(run, ignore_errors=True)
-        raise
-    model, section, history, weights = train.stage1(ds, cfg, run, base, weights)
-    sha = _save_final(model, run)
+    ds = data_mod.build(data_dir, run, cfg)
+    model, section, history, weights = train.stage1(ds, cfg, run, base, weights, info=keras_info(ds, cfg))
+    sha = _save_final(model, run, ds, cfg)
     ev = train.evaluate(model, ds, cfg)
     rep = runfolder.update_report(
         run,
@@ -64,37 +69,45 @@ def do_train(data_dir, out, cfg, force: bool) -> tuple:
         stages={"feature_extraction": section},
         history={"feature_extraction": _clean_history(history)},
         keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
+        timing={"train_seconds": round(time.perf_counter() - t0, 1)},
         status="trained",
     )
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
             f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
-    report.plot_curves(run, rep)
+    return model, ds, rep
+
+
+def _make_base(cfg, check_fine_tune: bool):
+    base, weights = modeling.make_base(cfg)  # missing or undownloadable weights fail here, before any work
+    if check_fine_tune and cfg.fine_tune_epochs > 0:
+        modeling.fine_tune_index(base, cfg.fine_tune_from)
+    return base, weights
+
+
+def do_train(data_dir, out, cfg, force: bool) -> Path:
+    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end)."""
+    out = Path(out)
+    _precheck_new(data_dir, out, cfg)
+    with runfolder.RunLock(out):
+        runfolder.check_new(out, force, data_dir)
+        modeling.import_keras()  # TensorFlow only now: every cheap check has passed
+        t0 = time.perf_counter()
+        base, weights = _make_base(cfg, check_fine_tune=False)
+        with runfolder.Staged(out, fresh=True) as st:
+            _model, _ds, rep = _train_into(st.path, data_dir, cfg, base, weights, t0)
+            report.write(st.path, rep, name=out.name)
+            st.commit("trained")
     ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
-    return run, model, ds, rep
+    return out
 
 
-def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None, ds=None) -> tuple:
-    """Stage 2 on an existing run (from its stage-1 model). Returns (model, dataset, report)."""
-    modeling.import_keras()
-    run = Path(run)
-    rep = runfolder.read_report(run)
-    if not rep or "stages" not in rep:
-        raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
-                          hint="run `edgetl train DATA_DIR --out RUN` first")
-    if "fine_tune" in rep["stages"] and not force:
-        raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
-    cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
-    if model is None:
-        train.check_run_for_finetune(run)
-        model = modeling.load(run / "stage1.keras")
-    if ds is None:
-        ds = data_mod.load(run)
+def _finetune_into(run: Path, cfg, model, ds, rep: dict) -> tuple:
     model, section, history = train.stage2(model, ds, cfg)
-    sha = _save_final(model, run)
+    sha = _save_final(model, run, ds, cfg)
     ev = train.evaluate(model, ds, cfg)
     hist = dict(rep.get("history") or {})
     hist["fine_tune"] = _clean_history(history)
-    stages = dict(rep["stages"])
+    stages = dict(rep.get("stages") or {})
     stages["fine_tune"] = section
     rep = runfolder.update_report(
         run,
@@ -106,30 +119,79 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None,
     )
     ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
             f"test accuracy {ev['test_accuracy']:.4f}")
-    report.plot_curves(run, rep)
     return model, ds, rep
 
 
+def do_finetune(run, cfg_flags: dict, force: bool, config_file=None) -> Path:
+    """Stage 2 on an existing run (from its stage-1 model), replacing the run only when it ends."""
+    run = Path(run)
+    with runfolder.RunLock(run):
+        runfolder.check_existing(run)
+        rep = runfolder.read_report(run)
+        if not rep or "stages" not in rep:
+            raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
+                              hint="run `edgetl train DATA_DIR --out RUN` first")
+        if "fine_tune" in rep["stages"] and not force:
+            raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
+        cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
+        train.check_run_for_finetune(run)
+        runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
+        t0 = time.perf_counter()
+        with runfolder.Staged(run, fresh=False) as st:
+            model = modeling.load(st.path / "stage1.keras")
+            base, _, _ = modeling.parts(model)
+            modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
+            ds = data_mod.load(st.path)
+            _, _, rep = _finetune_into(st.path, cfg, model, ds, rep)
+            rep = runfolder.update_report(st.path, timing=_add_time(rep, "finetune_seconds", t0))
+            report.write(st.path, rep, name=run.name)
+            st.commit("fine-tuned")
+    return run
+
+
+def _add_time(rep: dict, key: str, t0: float) -> dict:
+    """The run's timing section with ``key`` added to the time spent so far (so the total stays true
+    after later commands)."""
+    timing = dict(rep.get("timing") or {})
+    timing[key] = round(timing.get(key, 0.0) + time.perf_counter() - t0, 1)
+    timing["total_seconds"] = round(sum(v for k, v in timing.items() if k.endswith("_seconds")
+                                        and k != "total_seconds"), 1)
+    return timing
+
+
 def do_build(data_dir, out, cfg, force: bool) -> dict:
-    """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report."""
+    """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report. The new run
+    replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept)."""
     from . import convert
 
-    t0 = time.perf_counter()
-    run, model, ds, rep = do_train(data_dir, out, cfg, force)
-    model, ds, rep = do_finetune(run, {}, force=True, model=model, ds=ds)
-    results = convert.quantize_run(run, cfg, model=model, ds=ds)
-    total = time.perf_counter() - t0
-    rep = runfolder.update_report(run, timing={"total_seconds": round(total, 1)},
-                                  status="built" if all(r["passed"] for r in results.values()) else "gate-failed")
-    report.write(run, rep)
+    out = Path(out)
+    _precheck_new(data_dir, out, cfg)
+    with runfolder.RunLock(out):
+        runfolder.check_new(out, force, data_dir)
+        modeling.import_keras()
+        t0 = time.perf_counter()
+        base, weights = _make_base(cfg, check_fine_tune=True)
+        with runfolder.Staged(out, fresh=True) as st:
+            run = st.path
+            model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0)
+            t1 = time.perf_counter()
+            model, ds, rep = _finetune_into(run, cfg, model, ds, rep)
+            timing = dict(rep.get("timing") or {})
+            timing["finetune_seconds"] = round(time.perf_counter() - t1, 1)
+            t2 = time.perf_counter()
+            results = convert.quantize_run(run, cfg, model=model, ds=ds)
+            timing["quantize_seconds"] = round(time.perf_counter() - t2, 1)
+            timing["total_seconds"] = round(time.perf_counter() - t0, 1)
+            ok = all(r["passed"] for r in results.values())
+            rep = runfolder.update_report(run, timing=timing, status="built" if ok else "gate-failed")
+            report.write(run, rep, name=out.name)
+            st.commit("built" if ok else "gate-failed")
     report.print_summary(rep)
     failed = [m for m, r in results.items() if not r["passed"]]
     if failed:
-        from edge_runtime.errors import GateFailed
-
         reasons = "; ".join(f"{m}: {results[m]['reason']}" for m in failed)
         raise GateFailed(f"parity gate failed for {', '.join(failed)} ({reasons})",
-                         hint=f"every artifact is kept in {run}; see report.md. Try more calibration images "
+                         hint=f"every artifact is kept in {out}; see report.md. Try more calibration images "
                               "(--calibration-size), another --quantize mode, or relax --max-drop/--min-agreement")
     return rep
 

@@ -1,7 +1,17 @@
-"""`edgetl quantize RUN_OR_MODEL`: convert a run's model (or any Keras classifier) to TFLite."""
+"""`edgetl quantize RUN_OR_MODEL`: convert a run's model (or any Keras classifier) to TFLite.
+
+- A run folder (or its model.keras): the models go into the run, staged and swapped in when done (the
+  run is whole if the command fails or is killed); with ``--out DIR`` they go into DIR and the run is
+  only read.
+- Any other .keras file: labels, input range and resize policy come from the edgetl info stored inside
+  the file (a model.keras edgetl wrote, even copied elsewhere), else from flags; calibration photos are
+  required. Everything missing is reported at once.
+"""
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +19,15 @@ import numpy as np
 from edge_runtime.errors import EdgetlError
 
 from . import config as config_mod
-from . import convert, modeling, parity, runfolder, ui
+from . import runfolder, ui
+
+
+def _run_of(source: Path):
+    """The run folder ``source`` is (or whose model.keras it is), else None."""
+    cand = source if source.is_dir() else (source.parent if source.name == "model.keras" else None)
+    if cand is not None and (runfolder.is_run(cand) or runfolder.is_legacy_run(cand)):
+        return cand
+    return None
 
 
 def run(source, modes=None, calibration=None, calibration_size=None, io=None, out=None, labels=None,
@@ -19,13 +37,25 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
         raise EdgetlError(f"not found: {source}", hint="pass a run folder or a .keras model")
     if calibration is not None and not Path(calibration).is_dir():
         raise EdgetlError(f"calibration folder not found: {calibration}", hint="pass a folder of photos")
-    run_dir = parity.run_dir_of(source) if (source.is_dir() or source.name == "model.keras") else None
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise EdgetlError(f"--out {out} exists and is a file", hint="pass a folder for the models")
     flags = dict(quantize=list(modes) if modes else None, calibration_size=calibration_size, io=io,
                  max_drop=max_drop, min_agreement=min_agreement)
+    config_mod.resolve(None, **flags)  # bad flags fail before anything is loaded
+    run_dir = _run_of(source)
+    if source.is_dir() and run_dir is None:
+        raise EdgetlError(f"{source} is not an edgetl run folder (no {runfolder.MARKER})",
+                          hint="pass a run folder made by edgetl, or a .keras model file")
     if run_dir is not None:
-        if source.is_file() and source.resolve() != (run_dir / "model.keras").resolve():
-            run_dir = None
-    if run_dir is not None:
+        return _quantize_run(run_dir, flags, calibration, out, resize, force)
+    return _quantize_model(source, flags, calibration, out, labels, input_range, resize, force)
+
+
+def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict:
+    from . import convert, modeling, report
+
+    with runfolder.RunLock(run_dir):
+        runfolder.check_existing(run_dir)
         if not (run_dir / "model.keras").is_file():
             raise EdgetlError(f"{run_dir} has no model.keras", hint="train it first: edgetl train / edgetl build")
         rep = runfolder.read_report(run_dir)
@@ -33,34 +63,51 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
         if resize and resize != cfg.resize:
             raise EdgetlError(f"--resize {resize} differs from the run's resize policy {cfg.resize}",
                               hint="a run's model is converted with the preprocessing it was trained with")
-        results = convert.quantize_run(run_dir, cfg, calibration_dir=calibration, force=force)
-        from . import report
+        runfolder.read_json(run_dir / "split.json", "split")
+        t0 = time.perf_counter()
+        if out is not None:  # the run is only read
+            dest = Path(out)
+            made = not dest.exists()
+            try:
+                results = convert.quantize_run(run_dir, cfg, calibration_dir=calibration, force=force, dest=dest)
+            except BaseException:
+                if made and dest.exists():
+                    shutil.rmtree(dest, ignore_errors=True)  # we made it: leave no half folder
+                raise
+            for r in results.values():
+                r["out"] = str(dest / r["path"])
+            return results
+        with runfolder.Staged(run_dir, fresh=False) as st:
+            modeling.import_keras()
+            results = convert.quantize_run(st.path, cfg, calibration_dir=calibration, force=force)
+            rep = runfolder.read_report(st.path)
+            from .pipeline import _add_time
 
-        report.write(run_dir, runfolder.read_report(run_dir))  # report.md shows the new models too
-        for r in results.values():
-            r["out"] = str(run_dir / r["path"])
-        return results
-    if source.is_dir():
-        raise EdgetlError(f"{source} is not an edgetl run folder (no split.json)",
-                          hint="pass a run folder made by edgetl, or a .keras model file")
-    return _quantize_model(source, flags, calibration, out, labels, input_range, resize, force)
+            rep = runfolder.update_report(st.path, timing=_add_time(rep, "quantize_seconds", t0))
+            report.write(st.path, rep, name=run_dir.name)  # report.md shows the new models too
+            st.commit(rep.get("status") or "complete")
+    for r in results.values():
+        r["out"] = str(run_dir / r["path"])
+    return results
 
 
 def _quantize_model(path: Path, flags, calibration, out, labels, input_range, resize, force) -> dict:
+    from . import convert, modeling, parity
+
     cfg = config_mod.resolve(None, **flags)
+    info = modeling.read_info(path)
     model = modeling.load(path)
-    labels_list, value_range, size, resize = parity.resolve_keras_spec(model, path, labels, input_range, resize)
     out_dir = Path(out) if out else path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    targets = {m: out_dir / (f"{path.stem}_{m}.tflite" if path.stem != "model" else f"model_{m}.tflite")
-               for m in cfg.quantize}
+    labels_list, value_range, size, resize = parity.resolve_keras_spec(
+        model, path, labels, input_range, resize, info=info,
+        also_missing=[] if calibration is not None else [
+            "--calibration DIR (photos like the ones the model will see; class folders named like the labels "
+            "give accuracy figures too)"])
+    stem = path.stem if path.stem != "model" else "model"
+    targets = {m: out_dir / f"{stem}_{m}.tflite" for m in cfg.quantize}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:
         raise EdgetlError(f"{', '.join(existing)} already exist(s)", hint="pass --force to overwrite, or --out DIR")
-    if calibration is None:
-        raise EdgetlError(f"{path.name} is not in a run folder, so there are no calibration/evaluation photos",
-                          hint="pass --calibration DIR (photos like the ones the model will see; class folders "
-                               "named like the labels give accuracy figures too)")
     tensors, y, _paths, skipped = parity.load_folder(calibration, size, resize, labels_list, "calibration photos")
     if len(tensors) > cfg.calibration_size:
         rng = np.random.default_rng(cfg.seed)
@@ -72,16 +119,28 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
     keras_sha = runfolder.sha256_file(path)
     dataset = {"calibration": {"source": str(calibration), "n": len(calib)}, "classes": labels_list}
     evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}")
-    runfolder.write_text(out_dir / "labels.txt", "\n".join(labels_list) + "\n")
+    made = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for mode, target in targets.items():
-        ui.info(f"converting to {mode} ...")
-        r = convert.convert_one(model, mode, target, labels=labels_list, size=size, resize=resize,
-                                value_range=value_range, calibration=calib if mode == "int8" else None, io=cfg.io,
-                                keras_sha=keras_sha, dataset=dataset, evalset=evalset, max_drop=cfg.max_drop,
-                                min_agreement=cfg.min_agreement, log_dir=out_dir / "logs")
-        r["out"] = str(target)
-        results[mode] = r
-        ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, agreement {r.get('agreement')}"
-                f" -> {target}")
+    try:
+        runfolder.write_text(out_dir / "labels.txt", "\n".join(labels_list) + "\n")
+        for mode, target in targets.items():
+            ui.info(f"converting to {mode} ...")
+            r = convert.convert_one(model, mode, target, labels=labels_list, size=size, resize=resize,
+                                    value_range=value_range, calibration=calib if mode == "int8" else None,
+                                    io=cfg.io, keras_sha=keras_sha, dataset=dataset, evalset=evalset,
+                                    max_drop=cfg.max_drop, min_agreement=cfg.min_agreement,
+                                    log_dir=out_dir / "logs")
+            r["out"] = str(target)
+            results[mode] = r
+            ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, agreement {r.get('agreement')}"
+                    f" -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])} -> {target}")
+    except BaseException:
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return results
+
+
+def gate_failures(results: dict) -> list:
+    return [m for m, r in results.items() if not r.get("passed", True)]

@@ -102,8 +102,9 @@ def _fmt(v, nd=4):
     return str(v)
 
 
-def write(run: Path, rep: dict):
-    """Write RUN/report.md (and its plots) from report.json's content."""
+def write(run: Path, rep: dict, name: str | None = None):
+    """Write RUN/report.md (and its plots) from report.json's content. ``name``: the run's name when
+    ``run`` is the staged copy being written."""
     run = Path(run)
     classes = rep.get("classes") or []
     k = rep.get("keras") or {}
@@ -115,7 +116,7 @@ def write(run: Path, rep: dict):
     plot_curves(run, rep)
     plot_tradeoff(run, rep)
     cfg = rep.get("config") or {}
-    lines = [f"# edgetl run report: {run.name}", ""]
+    lines = [f"# edgetl run report: {name or run.name}", ""]
     lines += [f"- data: `{rep.get('data_dir')}` ({len(classes)} classes)",
               f"- model: MobileNetV2 alpha {cfg.get('alpha')}, {cfg.get('image_size')} px, weights "
               f"{(rep.get('weights') or {}).get('source')}, resize `{cfg.get('resize')}`",

@@ -104,8 +104,9 @@ def _best(history: dict) -> dict:
     return {"best_epoch": i + 1, "val_loss": float(vl[i]), "val_accuracy": float(history["val_accuracy"][i])}
 
 
-def stage1(ds, cfg, run: Path, base=None, weights_info=None):
-    """Build the model (on ``base`` if given) and train its head on cached features.
+def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None):
+    """Build the model (on ``base`` if given) and train its head on cached features. ``info``: what the
+    saved stage-1 model carries about itself (labels, size, resize policy).
     Returns (model, report_section, history, weights_info)."""
     modeling.import_keras()
     t0 = time.perf_counter()
@@ -136,7 +137,7 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None):
         "train_samples": len(y_tr),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
     }
-    runfolder.save_with(run / "stage1.keras", lambda tmp: modeling.save(model, tmp))
+    runfolder.save_with(run / "stage1.keras", lambda tmp: modeling.save(model, tmp, info))
     return model, section, history, weights_info
 
 
