@@ -271,7 +271,9 @@ def parity(
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
                             labels=labels, input_range=input_range, resize=resize, threads=threads)
     if as_json:
-        typer.echo(json.dumps(result))
+        from .runfolder import finite
+
+        typer.echo(json.dumps(finite(result), allow_nan=False))
     else:
         parity_cmd.print_result(result)
     if not result["passed"]:

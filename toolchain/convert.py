@@ -243,9 +243,11 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
         entry = {"recipe": name, "selection_n": m["n"], "selection_agreement": m["agreement"],
                  "selection_kl": m["kl_mean"]}
         tried.append(entry)
-        ui.info(f"  int8 recipe '{name}': agreement {m['agreement']:.4f}, KL {m['kl_mean']:.5f} "
+        kl = m["kl_mean"] if m["kl_mean"] is not None else float("inf")  # None: non-finite outputs
+        ui.info(f"  int8 recipe '{name}': agreement {m['agreement']:.4f}, KL {kl:.5f} "
                 f"on {m['n']} selection photos")
-        if best is None or (m["agreement"], -m["kl_mean"]) > (best[1]["selection_agreement"], -best[1]["selection_kl"]):
+        best_kl = float("inf") if best is None or best[1]["selection_kl"] is None else best[1]["selection_kl"]
+        if best is None or (m["agreement"], -kl) > (best[1]["selection_agreement"], -best_kl):
             best = (flat, entry)
         if m["agreement"] >= GOOD_ENOUGH_AGREEMENT and len(tried) == 1:
             break
@@ -257,6 +259,7 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
 
 
 PARITY_KEYS = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
+               "nonfinite_keras", "nonfinite_tflite",
                "max_prob_diff")
 
 

@@ -193,7 +193,7 @@ def create_cache(path: Path, shape) -> np.ndarray:
     nbytes = int(np.prod(shape))
     header = {"descr": "|u1", "fortran_order": False, "shape": tuple(int(x) for x in shape)}
     free = _free_bytes(path.parent)
-    if free is not None and free < nbytes + (16 << 20):
+    if free is not None and free < nbytes + (64 << 10):
         raise EdgetlError(
             f"not enough space in {path.parent}: the photo cache needs {nbytes / 2**20:.0f} MB "
             f"({shape[0]} photos of {shape[1]}x{shape[2]}), {free / 2**20:.0f} MB free",

@@ -14,9 +14,10 @@ def confusion(y_true, y_pred, n: int) -> np.ndarray:
 def classification(y_true, probs, classes) -> dict:
     """accuracy, per-class precision/recall/support and the confusion matrix (rows: true, cols: predicted)."""
     y_true = np.asarray(y_true, np.int64)
-    pred = np.asarray(probs).argmax(axis=1)
+    pred = top1(probs)
     n = len(classes)
-    cm = confusion(y_true, pred, n)
+    ok = pred >= 0  # rows with non-finite scores predict nothing: wrong, and outside the confusion matrix
+    cm = confusion(y_true[ok], pred[ok], n)
     per = {}
     for i, c in enumerate(classes):
         tp = int(cm[i, i])
@@ -34,26 +35,43 @@ def classification(y_true, probs, classes) -> dict:
     }
 
 
+def top1(probs) -> np.ndarray:
+    """Top-1 class per row (ties: the lower index); -1 for a row holding NaN or infinity."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    bad = ~np.isfinite(p).all(axis=1)
+    pred = np.where(np.isfinite(p), p, -np.inf).argmax(axis=1)
+    pred[bad] = -1
+    return pred
+
+
 def parity(p_ref: np.ndarray, p_new: np.ndarray, y_true=None) -> dict:
-    """How closely ``p_new`` (TFLite) follows ``p_ref`` (Keras) on the same inputs."""
+    """How closely ``p_new`` (TFLite) follows ``p_ref`` (Keras) on the same inputs. A row with a NaN or
+    infinite score counts as a disagreement (and a wrong answer) and is counted in ``nonfinite_*``."""
     eps = 1e-7
-    a = np.clip(np.asarray(p_ref, np.float64), eps, 1.0)
-    b = np.clip(np.asarray(p_new, np.float64), eps, 1.0)
+    ra, rb = np.asarray(p_ref, np.float64), np.asarray(p_new, np.float64)
+    top_a, top_b = top1(ra), top1(rb)
+    bad = (top_a < 0) | (top_b < 0)
+    a = np.clip(np.where(np.isfinite(ra), ra, 0.0), eps, 1.0)
+    b = np.clip(np.where(np.isfinite(rb), rb, 0.0), eps, 1.0)
     a /= a.sum(axis=1, keepdims=True)
     b /= b.sum(axis=1, keepdims=True)
-    top_a, top_b = a.argmax(1), b.argmax(1)
     kl = (a * (np.log(a) - np.log(b))).sum(axis=1)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    diff = np.abs(ra - rb)
     out = {
         "n": int(a.shape[0]),
-        "agreement": round(float((top_a == top_b).mean()), 4),
-        "kl_mean": round(float(kl.mean()), 6),
-        "cosine_mean": round(float(cos.mean()), 6),
-        "max_prob_diff": round(float(np.abs(np.asarray(p_ref) - np.asarray(p_new)).max()), 4),
+        "agreement": round(float(((top_a == top_b) & ~bad).mean()), 4) if len(a) else 0.0,
+        "kl_mean": round(float(kl[~bad].mean()), 6) if (~bad).any() else None,
+        "cosine_mean": round(float(cos[~bad].mean()), 6) if (~bad).any() else None,
+        "max_prob_diff": round(float(diff[np.isfinite(diff)].max()), 4) if np.isfinite(diff).any() else None,
+        "nonfinite_keras": int((top_a < 0).sum()),
+        "nonfinite_tflite": int((top_b < 0).sum()),
     }
     if y_true is not None:
         y = np.asarray(y_true, np.int64)
-        ka, ta = float((top_a == y).mean()), float((top_b == y).mean())
+        ka, ta = float(((top_a == y) & (top_a >= 0)).mean()), float(((top_b == y) & (top_b >= 0)).mean())
         out.update({
             "keras_accuracy": round(ka, 4),
             "tflite_accuracy": round(ta, 4),

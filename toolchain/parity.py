@@ -95,6 +95,12 @@ def compare(p_keras, p_tflite, y, classes) -> dict:
 
 def gate(result: dict, max_drop: float, min_agreement: float) -> tuple:
     reasons = []
+    if result.get("nonfinite_keras"):
+        reasons.append(f"the Keras model gives NaN/infinite scores on {result['nonfinite_keras']} of {result['n']} "
+                       "photos (training diverged?)")
+    if result.get("nonfinite_tflite"):
+        reasons.append(f"the TFLite model gives NaN/infinite scores on {result['nonfinite_tflite']} of "
+                       f"{result['n']} photos")
     drop = result.get("accuracy_drop_pt")
     if drop is not None and drop > max_drop:
         reasons.append(f"accuracy drop {drop:.2f} pt > {max_drop:g} pt")

@@ -95,9 +95,11 @@ def print_result(r: dict):
     print(ui.table(rows, ["", "keras", "tflite"]))
     print(f"accuracy drop     {f(r.get('accuracy_drop_pt'), 2)} pt   (gate: <= {r['max_drop']:g})")
     print(f"top-1 agreement   {r['agreement']:.4f}    (gate: >= {r['min_agreement']:g})")
-    print(f"KL divergence     {r['kl_mean']:.6f} mean")
-    print(f"cosine similarity {r['cosine_mean']:.6f} mean")
-    print(f"max prob diff     {r['max_prob_diff']:.4f}")
+    print(f"KL divergence     {f(r['kl_mean'], 6)} mean")
+    print(f"cosine similarity {f(r['cosine_mean'], 6)} mean")
+    print(f"max prob diff     {f(r['max_prob_diff'])}")
+    if r.get("nonfinite_keras") or r.get("nonfinite_tflite"):
+        print(f"non-finite scores keras {r.get('nonfinite_keras')}, tflite {r.get('nonfinite_tflite')} photos")
     change = r.get("per_class_recall_change") or {}
     moved = {c: v for c, v in change.items() if v}
     if moved:

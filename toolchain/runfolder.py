@@ -97,7 +97,29 @@ def write_text(path, text: str):
 
 
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
+    """Strict JSON (NaN and infinity, which JSON has not, are written as null)."""
+    write_text(path, json.dumps(finite(obj), indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
+
+
+def finite(obj):
+    """``obj`` with every non-finite float replaced by None (recursively)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return obj
+    if isinstance(obj, np.floating):
+        return finite(float(obj))
+    if isinstance(obj, np.ndarray):
+        return finite(obj.tolist())
+    return obj
 
 
 def _jsonable(o):
