@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from conftest import requires_tf, run_cli, write_dataset
 
-FAST = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "2", "--batch-size", "8",
-        "--seed", "7", "--fine-tune-epochs", "0", "--quantize", "float32", "--min-agreement", "0", "--max-drop", "100"]
+FAST_TRAIN = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "2", "--batch-size", "8",
+              "--seed", "7"]
+FAST = FAST_TRAIN + ["--fine-tune-epochs", "0", "--quantize", "float32", "--min-agreement", "0", "--max-drop", "100"]
 
 
 def snapshot(root: Path, skip=()) -> dict:
@@ -110,7 +111,7 @@ def test_force_never_clears_a_photo_folder_or_a_lookalike(tmp_path, tiny_data):
         (["train", tiny_data, "--out", look, "--force"], "is not an edgetl run folder"),
     ]
     for args, phrase in cases:
-        r = run_cli(*args, *FAST, block_tf=True, timeout=60)
+        r = run_cli(*args, *(FAST if args[0] == "build" else FAST_TRAIN), block_tf=True, timeout=60)
         assert_user_error(r, phrase)
     assert snapshot(tmp_path) == before and snapshot(tiny_data) == data_before
 
@@ -236,9 +237,9 @@ def test_bad_values_fail_fast_without_tensorflow(case, tmp_path, tiny_data):
     elif case == "long-name":
         args[1], phrase = _long_name(tmp_path), "File name too long"
     elif case == "bad-toml-type":
-        (tmp_path / "c.toml").write_text('epochs = "ten"\n')
+        (tmp_path / "c.toml").write_text('head-units = "ten"\n')
         args += ["--config", tmp_path / "c.toml"]
-        phrase = "epochs"
+        phrase = "head-units"
     before = snapshot(tmp_path)
     r = run_cli(*args, block_tf=True, timeout=60)
     assert_user_error(r, phrase)
