@@ -429,3 +429,12 @@ def test_identical_photo_in_two_classes_is_a_warning(tmp_path):
     run.mkdir()
     ds = data.build(d, run, config.resolve(None, image_size=96))
     assert any("more than one class" in n for n in ds.notes)
+
+
+@pytest.mark.parametrize("verb", ["predict", "info", "camera", "bench"])
+def test_file_names_too_long_for_the_filesystem(verb, tmp_path):
+    """ENAMETOOLONG from the OS is the user's input: exit 2 with the reason, in every runtime verb."""
+    long = tmp_path / ("m" * 300 + ".tflite")
+    args = {"predict": [long, tmp_path], "info": [long], "camera": [long, "--headless"], "bench": [long]}[verb]
+    r = run_cli(verb, *args, block_tf=True, timeout=60)
+    assert_user_error(r, "File name too long")

@@ -1,0 +1,296 @@
+"""The fastest model of a run that passed its parity gate, on the device that runs it.
+
+int8 is not always the fastest: on a CPU with AVX-512 VNNI (or an ARM core with dot-product
+instructions) the int8 model is about 2x faster than float32, on an AVX2 laptop it can be 2x slower.
+So the choice is measured on the device, once: every .tflite of the run whose gate passed, at each
+thread count, in one interleaved loop (each round times every candidate once, in a rotating order, so
+a background load or a clock change hits all of them alike). The fastest by median latency of
+``Classifier.classify`` on a camera-sized frame wins; the choice is remembered in a small cache keyed by
+the device (CPU model and instruction-set flags, core count, interpreter backend) and the SHA-256 of
+every candidate file, so it is measured once per device and run.
+
+Cache: ``$EDGETL_CACHE_DIR/choices.json``, else ``$XDG_CACHE_HOME/edgetl/choices.json``, else
+``~/.cache/edgetl/choices.json``. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgetlError
+
+CACHE_VERSION = 1
+# the instruction-set features that change which kernels are fastest
+SPEED_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16",
+               "asimd", "asimddp", "i8mm", "sve", "sve2", "neon", "vfpv4", "bf16")
+
+
+@dataclass
+class Candidate:
+    mode: str
+    path: Path
+    passed: bool
+    reason: str | None = None
+    agreement: float | None = None
+    size_bytes: int = 0
+
+
+@dataclass
+class Choice:
+    mode: str
+    path: str
+    threads: int
+    p50_ms: float
+    ranking: list = field(default_factory=list)  # [{mode, threads, p50_ms, p90_ms}], fastest first
+    skipped: list = field(default_factory=list)  # [{mode, reason}]: gate failed
+    device: dict = field(default_factory=dict)
+    measured: str = ""
+    cached: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ the run's candidates
+
+
+def is_run_folder(path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "report.json").is_file() and any(p.glob("model_*.tflite"))
+
+
+def candidates(run) -> list:
+    """Every model_<mode>.tflite of a run, with its gate result from report.json."""
+    run = Path(run)
+    rep_path = run / "report.json"
+    try:
+        rep = json.loads(rep_path.read_text(encoding="utf-8"))
+        tfl = rep.get("tflite") or {}
+        if not isinstance(tfl, dict):
+            raise ValueError("tflite is not an object")
+    except FileNotFoundError:
+        raise EdgetlError(f"{run} is not an edgetl run folder (no report.json)",
+                          hint="pass a run folder made by `edgetl build`, or a .tflite model") from None
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError) as e:
+        raise EdgetlError(f"{rep_path} is damaged ({e})", hint="rebuild the run, or pass a .tflite model") from None
+    out = []
+    for mode, r in tfl.items():
+        if not isinstance(r, dict):
+            continue
+        p = run / str(r.get("path") or f"model_{mode}.tflite")
+        if not p.is_file() or p.parent != run:
+            continue
+        out.append(Candidate(mode=str(mode), path=p, passed=r.get("passed") is True, reason=r.get("reason"),
+                             agreement=r.get("agreement"), size_bytes=p.stat().st_size))
+    if not out:
+        raise EdgetlError(f"{run} holds no TFLite model", hint=f"convert it first: edgetl quantize {run}")
+    return out
+
+
+def pick_mode(run, mode: str) -> Candidate:
+    """The run's model of ``mode`` (forced by the user: used even if its gate failed, with a warning)."""
+    for c in candidates(run):
+        if c.mode == mode:
+            return c
+    have = ", ".join(c.mode for c in candidates(run))
+    raise EdgetlError(f"{run} has no {mode} model (it has: {have})", hint=f"use --mode with one of: {have}")
+
+
+# ------------------------------------------------------------------ the device
+
+
+def _cpuinfo() -> dict:
+    info = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        k, v = (x.strip() for x in line.split(":", 1))
+        k = k.lower()
+        if k in ("model name", "hardware", "cpu implementer", "cpu part", "cpu architecture", "model") \
+                and k not in info:
+            info[k] = v
+        if k in ("flags", "features") and "flags" not in info:
+            info["flags"] = v.split()
+    return info
+
+
+def device() -> dict:
+    """What the measured speed depends on: the CPU and its instruction set, the cores, the backend."""
+    from . import backends
+
+    ci = _cpuinfo()
+    flags = sorted(set(ci.get("flags", [])) & set(SPEED_FLAGS))
+    cpu = ci.get("model name") or " ".join(x for x in (ci.get("hardware"), ci.get("cpu implementer"),
+                                                       ci.get("cpu part"), ci.get("model")) if x) \
+        or platform.processor() or "unknown"
+    try:
+        be = str(backends.resolve())
+    except EdgetlError:
+        be = "none"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"machine": platform.machine(), "cpu": cpu, "flags": flags, "cores": cores, "backend": be}
+
+
+def device_key(dev: dict) -> str:
+    return hashlib.sha256(json.dumps(dev, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_file() -> Path:
+    base = os.environ.get("EDGETL_CACHE_DIR")
+    if base:
+        return Path(base) / "choices.json"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "edgetl" / "choices.json"
+
+
+def _load_cache() -> dict:
+    p = cache_file()
+    try:
+        if p.stat().st_size > 4 << 20:
+            return {}
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != CACHE_VERSION or not isinstance(doc.get("choices"), dict):
+        return {}
+    return doc
+
+
+def _save_cache(key: str, choice: Choice):
+    """Best effort (a read-only home must not stop a device from classifying): atomic write."""
+    p = cache_file()
+    doc = _load_cache() or {"version": CACHE_VERSION, "choices": {}}
+    doc["choices"][key] = choice.as_dict()
+    if len(doc["choices"]) > 200:  # keep the newest 200
+        items = sorted(doc["choices"].items(), key=lambda kv: kv[1].get("measured", ""))
+        doc["choices"] = dict(items[-200:])
+    tmp = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".choices.", suffix=".tmp", dir=p.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, p)
+    except OSError:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def default_threads(cores: int) -> list:
+    """1, 2, 4, ... up to the cores (and the cores themselves)."""
+    out, t = [], 1
+    while t < cores:
+        out.append(t)
+        t *= 2
+    out.append(max(1, cores))
+    return sorted(set(out))
+
+
+def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame=None, backend=None) -> list:
+    """Median latency of ``Classifier.classify`` for every (model, threads), in one interleaved loop.
+    ``models``: [(name, path)]. Returns [{name, path, threads, p50_ms, p90_ms}] fastest first."""
+    from .bench import test_frame
+    from .classifier import Classifier
+
+    frame = test_frame() if frame is None else frame
+    combos = []
+    for name, path in models:
+        for t in threads:
+            clf = Classifier(path, num_threads=t, backend=backend, warn=False)
+            combos.append({"name": name, "path": str(path), "threads": t, "clf": clf, "ms": []})
+    for c in combos:
+        for _ in range(warmup):
+            c["clf"].classify(frame, bgr=True)
+    perf = time.perf_counter
+    n = len(combos)
+    for i in range(runs):
+        for j in range(n):
+            c = combos[(i + j) % n]  # rotate the order: no candidate always runs right after another
+            t0 = perf()
+            c["clf"].classify(frame, bgr=True)
+            c["ms"].append((perf() - t0) * 1000.0)
+    out = []
+    for c in combos:
+        ms = np.asarray(c["ms"])
+        out.append({"name": c["name"], "path": c["path"], "threads": c["threads"],
+                    "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3)})
+    out.sort(key=lambda r: (r["p50_ms"], r["threads"]))
+    return out
+
+
+def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, remeasure: bool = False,
+           use_cache: bool = True) -> Choice:
+    """The fastest passing model of ``run`` on this device (from the cache when it was measured here)."""
+    run = Path(run)
+    cands = candidates(run)
+    passing = [c for c in cands if c.passed]
+    skipped = [{"mode": c.mode, "reason": c.reason or "parity gate failed"} for c in cands if not c.passed]
+    if not passing:
+        raise EdgetlError(f"no model of {run} passed its parity gate ({'; '.join(s['mode'] + ': ' + str(s['reason']) for s in skipped)})",
+                          hint="force one with --mode MODE (at your own risk), or rebuild with other settings")
+    dev = device()
+    thr = sorted(set(int(t) for t in threads)) if threads else default_threads(dev["cores"])
+    key_doc = {"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing}, "threads": thr}
+    key = device_key(key_doc)
+    if use_cache and not remeasure:
+        hit = _load_cache().get("choices", {}).get(key)
+        if isinstance(hit, dict) and Path(str(hit.get("path", ""))).name in {c.path.name for c in passing}:
+            try:
+                ch = Choice(**{k: hit[k] for k in Choice.__dataclass_fields__ if k in hit})
+                ch.path = str(run / Path(ch.path).name)  # the run may have moved since
+                ch.cached = True
+                return ch
+            except (TypeError, KeyError):
+                pass
+    ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, backend=backend)
+    best = ranking[0]
+    ch = Choice(mode=best["name"], path=str(run / Path(best["path"]).name), threads=best["threads"],
+                p50_ms=best["p50_ms"],
+                ranking=[{"mode": r["name"], "threads": r["threads"], "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"]}
+                         for r in ranking],
+                skipped=skipped, device=dev,
+                measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if use_cache:
+        _save_cache(key, ch)
+    return ch
+
+
+def describe(ch: Choice) -> str:
+    """One line for the user: which model, why, and how it compares."""
+    others = {}
+    for r in ch.ranking:
+        others.setdefault(r["mode"], r["p50_ms"])
+    rest = ", ".join(f"{m} {ms:.2f} ms" for m, ms in others.items() if m != ch.mode)
+    how = "chosen earlier on this device" if ch.cached else "measured now"
+    return (f"using {Path(ch.path).name} at {ch.threads} thread(s): the fastest model that passed parity on this "
+            f"device ({ch.p50_ms:.2f} ms{'; ' + rest if rest else ''}; {how}; --mode forces another)")
