@@ -281,5 +281,5 @@ def test_predict_on_a_folder_of_fuzzed_files(test_models, tmp_path):
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and f"{len(failed)} of {len(lines)} file(s) could not be classified" in err[0]
     assert sum(ln.startswith("hint:") for ln in r.stderr.splitlines()) == 1
-    assert f"{len(ok)} other file(s) were classified and 4 skipped as not images" in r.stderr
+    assert f"; {len(ok)} other file(s) were classified and 4 skipped as not images" in r.stderr
     print(f"predict on {len(lines)} files: {took:.1f} s")
