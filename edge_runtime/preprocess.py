@@ -66,8 +66,8 @@ def file_kind(mode: int) -> str:
 
 def check_regular(path) -> os.stat_result:
     """``os.stat`` of ``path`` when it is a regular file (symbolic links followed); otherwise NotAnImage (a
-    pipe, socket, device, folder, dangling link) or ImageError (missing, permission denied) with the reason.
-    Nothing is opened, so a named pipe cannot block and a device is never read."""
+    pipe, socket, device, dangling link) or ImageError (a folder, missing, permission denied) with the
+    reason. Nothing is opened, so a named pipe cannot block and a device is never read."""
     name = str(path)
     try:
         st = os.stat(path)
@@ -135,6 +135,17 @@ def read_file(path) -> bytes:
 _PIL_MODULES = r"PIL(\.|$)"
 
 
+def _exif_in_place() -> bool:
+    import inspect
+
+    from PIL import ImageOps
+
+    return "in_place" in inspect.signature(ImageOps.exif_transpose).parameters  # Pillow >= 9.4
+
+
+_EXIF_IN_PLACE = None
+
+
 def _quiet_pillow():
     """Pillow warns about damaged metadata it works around (corrupt EXIF, odd TIFF tags) and about images
     above its own pixel limit; decode_image reports what matters as ImageError, so those warnings only add
@@ -157,6 +168,9 @@ def decode_image(source) -> np.ndarray:
     """
     from PIL import Image
 
+    global _EXIF_IN_PLACE
+    if _EXIF_IN_PLACE is None:
+        _EXIF_IN_PLACE = _exif_in_place()
     _quiet_pillow()
     is_path = isinstance(source, (str, os.PathLike))
     name = str(source) if is_path else "<image>"
@@ -177,9 +191,9 @@ def decode_image(source) -> np.ndarray:
             im.load()  # decode now, so truncation and corruption surface here
             from PIL import ImageOps
 
-            try:
-                ImageOps.exif_transpose(im, in_place=True)  # no full-size copy (Pillow >= 9.4)
-            except TypeError:
+            if _EXIF_IN_PLACE:
+                ImageOps.exif_transpose(im, in_place=True)  # no full-size copy
+            else:
                 im = ImageOps.exif_transpose(im)
             return _to_rgb_array(im)
     except ImageError:
