@@ -29,7 +29,7 @@ def _expand(paths, skipped: list):
 
 def predict(clf, paths, top_k: int, fmt: str, out=None) -> dict:
     """Classify every file, reporting each problem as it happens; returns the counts
-    {"classified", "skipped", "failed"}.
+    {"classified", "skipped", "failed", "not_finite"} (failed includes not_finite).
 
     Exit rule (raised here as EdgetlError, exit 2): nothing could be classified, or a photo could not be
     (a file named or made like an image that does not decode, a file or folder that cannot be read, a
