@@ -448,7 +448,7 @@ def test_bench_figures_are_consistent_and_threads_checked(test_models):
     except AttributeError:
         cores = os.cpu_count()
     model = test_models / "edgetl_uint8.tflite"
-    r = run_cli("bench", model, "--threads", f"1,{cores + 1}", "--runs", "30", "--warmup", "3", "--json",
+    r = run_cli("bench", model, "--threads", f"1,{cores + 1}", "--runs", "20", "--warmup", "2", "--json",
                 timeout=300)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
