@@ -1,8 +1,14 @@
 """The camera/video loop: read a frame, classify it, show or print the result.
 
-Sources: a camera index (``0``), a video file, or a URL (RTSP/HTTP stream). A camera or stream that
-cannot be opened, or stops delivering frames, is an error (exit 2); the end of a video file is a clean
-stop with a summary. The loop does only what it must per frame: read, classify (fit + invoke), format.
+Sources: a camera index (``0``) or device (``/dev/video0``), a video file, or a URL (RTSP/HTTP stream). A
+camera or stream that cannot be opened, or stops delivering frames, is an error (exit 2), and so is a
+source that yields no frame at all (a text file, a page, an empty or undecodable video); the end of a
+video file after at least one frame is a clean stop with a summary. The loop does only what it must per
+frame: read, classify (fit + invoke), format.
+
+The window overlay (``draw_overlay``) is text of one weight on a solid dark panel: crisp with OpenCV 4 and
+5 alike (OpenCV 5 renders ``putText`` with a real font whose glyph widths change with the thickness, so
+the classic "thick black, then thin white" outline came out as two misaligned copies of each label).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgetlError
+from .errors import EdgetlError, ImageError
 
 
 @dataclass
@@ -80,10 +86,24 @@ def open_source(source: str):
         kind, cap = "stream", cv2.VideoCapture(s)
         if not cap.isOpened():
             raise EdgetlError(f"cannot open stream {s}", hint="check the URL and that the stream is live")
+    elif _is_video_device(s):
+        kind, cap = "camera", cv2.VideoCapture(s)
+        if not cap.isOpened():
+            raise EdgetlError(f"cannot open camera {s}: not a camera, or it is in use",
+                              hint="check the device (v4l2-ctl --list-devices), or pass a camera index (0)")
     else:
+        from .preprocess import check_regular
+
         p = Path(s)
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise EdgetlError(f"video file not found: {s}", hint="pass a camera index (0), a video file or a URL")
+        if p.is_dir():
+            raise EdgetlError(f"{s} is a folder, not a video", hint="pass a camera index (0), a video file or a URL")
+        try:
+            check_regular(p)  # never hand a named pipe or a device to the demuxer: it could block forever
+        except ImageError as e:
+            raise EdgetlError(f"cannot read video file {s}: {e.reason}",
+                              hint="pass a camera index (0), a video file or a URL") from None
         kind, cap = "file", cv2.VideoCapture(str(p))
         if not cap.isOpened():
             raise EdgetlError(f"cannot read video file {s}: not a video OpenCV can decode",
@@ -91,17 +111,59 @@ def open_source(source: str):
     return cap, kind
 
 
-def _draw(cv2, frame, preds, fps):
-    y = 28
-    for i, p in enumerate(preds):
-        text = f"{p.label} {p.score:.2f}"
-        scale = 0.8 if i == 0 else 0.6
-        cv2.putText(frame, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(frame, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        y += 26
-    text = f"{fps:.1f} FPS"
-    cv2.putText(frame, text, (10, frame.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(frame, text, (10, frame.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 0), 1, cv2.LINE_AA)
+def _is_video_device(s: str) -> bool:
+    """A V4L2 camera device (/dev/videoN, or a /dev/v4l/by-id link to one); no other device is opened."""
+    import stat
+
+    if not s.startswith("/dev/") or not os.path.realpath(s).startswith("/dev/video"):
+        return False
+    try:
+        return stat.S_ISCHR(os.stat(s).st_mode)
+    except OSError:
+        return False
+
+
+PANEL = (32, 32, 32)  # BGR of the panel behind the text
+TEXT = (255, 255, 255)
+FPS_TEXT = (80, 255, 80)
+FONT_SCALE = 0.6  # at 480 lines; scaled with the frame height
+
+
+def _text_block(cv2, frame, lines, x, y, color, scale, thick, anchor_bottom=False):
+    """Draw ``lines`` of text of one weight on one solid panel whose top-left (or bottom-left) corner is
+    (x, y). The panel is sized from cv2.getTextSize plus a margin, so every glyph lands inside it."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    sizes = [cv2.getTextSize(t, font, scale, thick) for t in lines]
+    pad = max(3, int(round(8 * scale)))
+    line_h = max(h + base for (_, h), base in sizes) + pad
+    width = max(w for (w, _), _ in sizes) + 2 * pad
+    height = line_h * len(lines) + pad
+    if anchor_bottom:
+        y -= height
+    h_img, w_img = frame.shape[:2]
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(w_img, x + width), min(h_img, y + height)
+    if x1 <= x0 or y1 <= y0:
+        return
+    frame[y0:y1, x0:x1] = PANEL
+    for i, (t, ((_, h), base)) in enumerate(zip(lines, sizes)):
+        baseline_y = y + pad + i * line_h + h
+        cv2.putText(frame, t, (x + pad, baseline_y), font, scale, color, thick, cv2.LINE_AA)
+
+
+def draw_overlay(frame, preds, fps, cv2=None):
+    """Draw the top-k labels (top left) and the FPS (bottom left) on a BGR frame, in place.
+
+    Each block is white (FPS: green) text drawn once, at one thickness, with anti-aliasing, on a solid dark
+    panel: readable on any picture and identical on OpenCV 4 and 5 (no outline drawn at another width)."""
+    if cv2 is None:
+        import cv2
+    scale = FONT_SCALE * max(0.75, frame.shape[0] / 480.0)
+    thick = max(1, int(round(scale * 1.6)))
+    margin = max(4, int(round(8 * scale)))
+    _text_block(cv2, frame, [f"{p.label} {p.score:.2f}" for p in preds], margin, margin, TEXT, scale, thick)
+    _text_block(cv2, frame, [f"{fps:.1f} FPS"], margin, frame.shape[0] - margin, FPS_TEXT, scale, thick,
+                anchor_bottom=True)
 
 
 def run(classifier, source="0", *, headless: bool = False, max_frames: int | None = None, smooth: int = 1,
@@ -124,6 +186,11 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
             ok, frame = cap.read()
             if not ok or frame is None:
                 if kind == "file":
+                    if summary.frames == 0:
+                        raise EdgetlError(f"no frame could be read from {source}: it is not a video OpenCV "
+                                          "can decode, or it is empty or damaged",
+                                          hint="check that it plays in a video player; convert it to MP4 "
+                                               "(H.264) or an MJPG AVI")
                     summary.ended = "end-of-file"
                     break
                 what = "camera" if kind == "camera" else "stream"
@@ -151,7 +218,7 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
                 }) + "\n")
                 out.flush()
             else:
-                _draw(cv2, frame, preds, fps)
+                draw_overlay(frame, preds, fps, cv2)
                 try:
                     cv2.imshow(window, frame)
                     key = cv2.waitKey(1) & 0xFF

@@ -19,7 +19,10 @@ fast path), then bilinear for what remains (a factor below 2); when enlarging, b
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,55 +34,231 @@ DEFAULT_RESIZE = "crop"
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
 
+# Limits of what is decoded (documented in the README, "What edgetl guarantees").
+# 50 megapixels covers 48 MP phone photos and most cameras (8660 x 5773 at 3:2). Decoding one that large peaks
+# at about 0.4 GB (Pillow's 4-byte pixels plus the 3-byte RGB result; measured 384 MB for such a JPEG, 391 MB
+# for a transparent PNG), which fits a 1 GB device. Larger images are refused from their header, before any
+# pixel is decoded (Pillow's own decompression-bomb limit, 179 megapixels, is higher and stays in force).
+MAX_PIXELS = 50_000_000
+# A file larger than this is not read at all (a 50 MP 16-bit RGBA TIFF, uncompressed, is 400 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+# Names that say "photo": a file with one of these that does not decode is a corrupt photo, not a stray file.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .gif .bmp .dib .webp .tif .tiff .heic .heif .avif .jxl .jp2 .j2k "
+    ".ppm .pgm .pbm .pnm .tga .ico .dng .cr2 .nef .arw".split()
+)
+
+
+class NotAnImage(ImageError):
+    """The entry is not an image at all (not a regular file, or content that no decoder recognises under a
+    name without an image extension): skipped as a stray file rather than counted as a corrupt photo."""
+
+
+def file_kind(mode: int) -> str:
+    """Plain words for the type of a file system entry (from ``os.stat().st_mode``)."""
+    for test, word in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symbolic link")):
+        if test(mode):
+            return word
+    return "special file"
+
+
+def check_regular(path) -> os.stat_result:
+    """``os.stat`` of ``path`` when it is a regular file (symbolic links followed); otherwise NotAnImage (a
+    pipe, socket, device, dangling link) or ImageError (a folder, missing, permission denied) with the
+    reason. Nothing is opened, so a named pipe cannot block and a device is never read."""
+    name = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotAnImage(name, "not a regular file (dangling symbolic link)") from None
+        raise ImageError(name, "file not found") from None
+    except PermissionError:
+        raise ImageError(name, "permission denied") from None
+    except OSError as e:
+        raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = file_kind(st.st_mode)
+        if kind == "folder":
+            raise ImageError(name, "is a folder, not an image")
+        via = ""
+        if os.path.islink(path):
+            try:
+                via = f", via a symbolic link to {os.readlink(path)}"
+            except OSError:
+                via = ", via a symbolic link"
+        raise NotAnImage(name, f"not a regular file ({kind}{via})")
+    return st
+
+
+def open_regular(path):
+    """A binary file object for a regular file, opened without blocking (O_NONBLOCK: if the entry was swapped
+    for a named pipe after the check, the open returns at once) and checked again on the open descriptor
+    (fstat), so only a regular file of at most MAX_FILE_BYTES is ever read. Errors as in check_regular."""
+    name = str(path)
+    check_regular(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError(name, "file not found") from None
+    except PermissionError:
+        raise ImageError(name, "permission denied") from None
+    except OSError as e:  # e.g. ENXIO: a socket appeared in its place
+        raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAnImage(name, f"not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageError(name, f"file too large ({st.st_size / 2**20:.0f} MB; the limit is "
+                                   f"{MAX_FILE_BYTES // 2**20} MB)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_file(path) -> bytes:
+    """The bytes of a regular file, read with the checks of open_regular (never more than MAX_FILE_BYTES)."""
+    with open_regular(path) as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew while being read
+        raise ImageError(str(path), f"file too large (over {MAX_FILE_BYTES // 2**20} MB)")
+    return data
+
+
+_PIL_MODULES = r"PIL(\.|$)"
+
+
+def _exif_in_place() -> bool:
+    import inspect
+
+    from PIL import ImageOps
+
+    return "in_place" in inspect.signature(ImageOps.exif_transpose).parameters  # Pillow >= 9.4
+
+
+_EXIF_IN_PLACE = None
+
+
+def _quiet_pillow():
+    """Pillow warns about damaged metadata it works around (corrupt EXIF, odd TIFF tags) and about images
+    above its own pixel limit; decode_image reports what matters as ImageError, so those warnings only add
+    noise. They are filtered for warnings raised inside PIL only, with a global filter (catch_warnings is
+    not thread-safe, and the toolchain decodes on several threads), added again if something reset them."""
+    for f in warnings.filters:
+        if f[0] == "ignore" and f[3] is not None and f[3].pattern == _PIL_MODULES:
+            return
+    warnings.filterwarnings("ignore", module=_PIL_MODULES)
+
+
 def decode_image(source) -> np.ndarray:
     """Decode an image file (path, bytes or file object) into an RGB uint8 array (H, W, 3).
 
-    Raises ImageError with the path and a reason for anything that is not a readable image.
+    Raises ImageError with the path and a reason for anything that is not a readable image: any failure of
+    the decoder on a file is that file's error (MemoryError and KeyboardInterrupt are not turned into one).
+    A path is read only if it is a regular file (not a pipe, socket or device; see open_regular) and at most
+    MAX_FILE_BYTES; images above MAX_PIXELS are refused before their pixels are decoded. NotAnImage (an
+    ImageError) marks entries that are not images at all, as opposed to damaged or unsupported photos.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "<image>"
+    global _EXIF_IN_PLACE
+    if _EXIF_IN_PLACE is None:
+        _EXIF_IN_PLACE = _exif_in_place()
+    _quiet_pillow()
+    is_path = isinstance(source, (str, os.PathLike))
+    name = str(source) if is_path else "<image>"
+    ext = os.path.splitext(name)[1].lower() if is_path else ""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        import io
-
+        if len(source) > MAX_FILE_BYTES:
+            raise ImageError(name, f"file too large (over {MAX_FILE_BYTES // 2**20} MB)")
         source = io.BytesIO(source)
+    fh = open_regular(source) if is_path else None
     try:
-        with Image.open(source) as im:
+        with Image.open(fh if fh is not None else source) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(name, f"image too large ({w} x {h} = {w * h / 1e6:.0f} megapixels; the limit "
+                                       f"is {MAX_PIXELS / 1e6:.0f})")
+            if w < 1 or h < 1:
+                raise ImageError(name, f"corrupt image (size {w} x {h})")
             im.load()  # decode now, so truncation and corruption surface here
-            im = ImageOps.exif_transpose(im)
+            from PIL import ImageOps
+
+            if _EXIF_IN_PLACE:
+                ImageOps.exif_transpose(im, in_place=True)  # no full-size copy
+            else:
+                im = ImageOps.exif_transpose(im)
             return _to_rgb_array(im)
-    except FileNotFoundError:
-        raise ImageError(name, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(name, "is a folder, not an image") from None
-    except PermissionError:
-        raise ImageError(name, "permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageError(name, "not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(name, f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
-        reason = str(e) or type(e).__name__
-        if "truncated" in reason.lower():
-            raise ImageError(name, f"truncated image ({reason})") from None
-        raise ImageError(name, f"corrupt image ({reason})") from None
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the decoder raise is its error
+        raise _decode_error(name, ext, e) from None
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _decode_error(name: str, ext: str, e: Exception) -> ImageError:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        if ext in IMAGE_EXTENSIONS:  # named like a photo: a damaged or unsupported one
+            return ImageError(name, f"not an image (unrecognised format) despite its {ext} name: damaged, "
+                                    f"or a format Pillow cannot read")
+        return NotAnImage(name, "not an image (unrecognised format)")
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(name, f"image too large ({e})")
+    if isinstance(e, PermissionError):
+        return ImageError(name, "permission denied")
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if len(reason) > 200:
+        reason = reason[:200] + "..."
+    if "truncated" in reason.lower() or isinstance(e, EOFError):
+        return ImageError(name, f"truncated image ({reason})")
+    return ImageError(name, f"corrupt image ({reason})")
+
+
+BAND_BYTES = 1 << 22  # large images are converted in bands of rows of about this size
 
 
 def _to_rgb_array(im) -> np.ndarray:
+    """RGB uint8 pixels of a loaded Pillow image. Large images are converted band by band into one
+    preallocated array (every step is per pixel, so the result is the same), so the peak memory is the
+    decoded image plus its RGB copy, not several full-size intermediates."""
+    mode = im.mode
+    w, h = im.size
+    shift16 = mode.startswith("I;16") or (mode == "I" and (im.getextrema()[1] or 0) > 255)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    rows = max(1, BAND_BYTES // max(1, w * 4))
+    if rows >= h:
+        return _band_to_rgb(im, shift16, has_alpha)
+    out = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, rows):
+        out[y : y + rows] = _band_to_rgb(im.crop((0, y, w, min(h, y + rows))), shift16, has_alpha)
+    return out
+
+
+def _band_to_rgb(im, shift16: bool, has_alpha: bool) -> np.ndarray:
     from PIL import Image
 
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(im)
         if mode == "F":
-            a = np.clip(a, 0, 255)
-        elif mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = np.clip(np.nan_to_num(a), 0, 255)
+        elif shift16:
             a = np.clip(a, 0, 65535).astype(np.uint32) >> 8  # keep the high byte of 16-bit samples
-        a = a.astype(np.uint8)
+        a = np.clip(a, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in im.info
-    )
     if has_alpha:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
@@ -168,14 +347,54 @@ def load_image(path, size, policy: str = DEFAULT_RESIZE) -> np.ndarray:
     return fit(decode_image(path), size, policy)
 
 
-def iter_image_files(root: Path):
-    """Every non-hidden file under ``root`` (recursively, sorted). Formats are decided by content."""
+def iter_image_files(root, skipped: list | None = None):
+    """Every non-hidden regular file under ``root`` (recursively, sorted). Formats are decided by content.
+
+    Only regular files are yielded (symbolic links to regular files included). Entries that are not (named
+    pipes, sockets, devices, dangling links, links to folders, which are not followed) and sub-folders that
+    cannot be read are never opened; when ``skipped`` is a list, each is appended to it as
+    ``{"path", "reason", "not_an_image"}`` as soon as it is met (so a caller can report while it iterates);
+    ``not_an_image`` is True for entries that are not image files at all (pipes, sockets, devices, links)
+    and False for what may hide photos (an unreadable folder or file). Without the list they are skipped
+    silently. A ``root`` that is not a folder is checked the same way.
+    """
     root = Path(root)
-    if root.is_file():
+
+    def skip(path, reason, not_an_image=True):
+        if skipped is not None:
+            skipped.append({"path": str(path), "reason": reason, "not_an_image": not_an_image})
+
+    if not root.is_dir():
+        try:
+            check_regular(root)
+        except ImageError as e:
+            skip(root, e.reason, isinstance(e, NotAnImage))
+            return
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+
+    def unreadable(err: OSError):
+        why = "permission denied" if isinstance(err, PermissionError) else (err.strerror or str(err))
+        skip(err.filename or root, f"cannot read folder ({why})", False)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        base = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if os.path.islink(base / d):  # not followed (loops, and data outside the folder)
+                skip(base / d, "symbolic link to a folder (not followed)")
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for f in sorted(filenames):
-            if not f.startswith("."):
-                yield Path(dirpath) / f
+            if f.startswith("."):
+                continue
+            p = base / f
+            try:
+                check_regular(p)
+            except ImageError as e:
+                skip(p, e.reason, isinstance(e, NotAnImage))
+                continue
+            yield p

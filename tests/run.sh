@@ -23,7 +23,7 @@ EDGETL_TEST_MODELS="$models" .venv/bin/python -m pytest "$@"
 echo "== environment 2: .venv-tflite (tflite-runtime 2.14, NumPy 1, OpenCV 4, no TensorFlow)"
 [ -x .venv-tflite/bin/python ] || "$PY" -m venv .venv-tflite
 .venv-tflite/bin/python -m pip install -q --upgrade pip
-.venv-tflite/bin/python -m pip install -q "numpy<2" "tflite-runtime==2.14.*" opencv-python pillow typer pytest
+.venv-tflite/bin/python -m pip install -q "numpy<2" "tflite-runtime==2.14.*" opencv-python pillow typer pytest hypothesis
 .venv-tflite/bin/python -m pip install -q --no-deps --force-reinstall .
 .venv-tflite/bin/python - <<'PY'
 import importlib.util, numpy, cv2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -163,3 +165,180 @@ def test_hidden_files_skipped(tmp_path):
     (tmp_path / ".git" / "y.jpg").write_bytes(b"x")
     files = [p.name for p in preprocess.iter_image_files(tmp_path)]
     assert files == ["x.jpg"]
+
+
+# ------------------------------------------------------------------ entries that are not regular files
+
+
+class Hang(BaseException):
+    """Raised by the watchdog: a BaseException, so no `except Exception` in the code under test hides it."""
+
+
+@contextmanager
+def watchdog(seconds: int, what: str):
+    """Fail instead of hanging the suite if the block runs longer than ``seconds`` (SIGALRM interrupts even
+    a blocking open() of a named pipe; the handler's exception ends it)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise Hang(f"{what} took more than {seconds} s: something blocks")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _strays(d):
+    """Real non-regular entries in folder ``d``: a named pipe, a socket, a symbolic link to /dev/zero, a
+    dangling link. (A socket file stays on disk after its socket is closed.)"""
+    import os
+    import socket
+
+    os.mkfifo(d / "pipe.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.png"))
+    sock.close()
+    os.symlink("/dev/zero", d / "zero.jpg")
+    os.symlink(d / "nowhere.jpg", d / "dangling.jpg")
+
+
+def _photo(path):
+    Image.fromarray(_gradient()).save(path)
+
+
+def test_non_regular_files_are_refused_without_being_read(tmp_path):
+    """A named pipe with no writer would block a read forever, /dev/zero never ends: neither is opened."""
+    _strays(tmp_path)
+    with watchdog(60, "decoding a pipe, a socket or a device"):
+        for name, kind in (("pipe.jpg", "named pipe"), ("sock.png", "socket"), ("zero.jpg", "character device"),
+                           ("dangling.jpg", "dangling symbolic link")):
+            with pytest.raises(preprocess.NotAnImage) as e:
+                preprocess.decode_image(tmp_path / name)
+            assert e.value.reason.startswith(f"not a regular file ({kind}"), e.value.reason
+        with pytest.raises(preprocess.NotAnImage, match="/dev/zero"):
+            preprocess.read_file(tmp_path / "zero.jpg")
+    # a link to a photo is a photo
+    _photo(tmp_path / "real.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    assert preprocess.decode_image(tmp_path / "link.png").shape == (40, 60, 3)
+
+
+def test_walk_lists_what_it_skips(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    _photo(tmp_path / "a" / "x.png")
+    _photo(tmp_path / "a" / "deep" / "y.png")
+    (tmp_path / "a" / "notes.txt").write_text("a regular file: yielded, decoding decides")
+    _strays(tmp_path / "a")
+    (tmp_path / "a" / "linked").symlink_to(tmp_path / "a" / "deep")
+    with watchdog(60, "walking a folder with a pipe in it"):
+        skipped = []
+        files = [p.relative_to(tmp_path).as_posix() for p in preprocess.iter_image_files(tmp_path, skipped)]
+    assert files == ["a/notes.txt", "a/x.png", "a/deep/y.png"]
+    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in skipped}
+    assert reasons == {
+        "pipe.jpg": "not a regular file (named pipe)",
+        "sock.png": "not a regular file (socket)",
+        "zero.jpg": "not a regular file (character device, via a symbolic link to /dev/zero)",
+        "dangling.jpg": "not a regular file (dangling symbolic link)",
+        "linked": "symbolic link to a folder (not followed)",
+    }
+    assert all(s["not_an_image"] for s in skipped)
+    # a root that is itself a pipe: skipped with the reason, nothing yielded, nothing blocks
+    import os
+
+    os.mkfifo(tmp_path / "p2")
+    skipped = []
+    assert list(preprocess.iter_image_files(tmp_path / "p2", skipped)) == []
+    assert skipped[0]["reason"] == "not a regular file (named pipe)"
+
+
+def unprivileged_python():
+    """Command prefix running Python without the right to bypass file permissions: as root (CAP_DAC_OVERRIDE)
+    a chmod 000 folder is readable, so root runs it under `setpriv` with those capabilities dropped."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        return [sys.executable]
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("running as root without setpriv: cannot make a folder unreadable")
+    cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable]
+    if subprocess.run(cmd + ["-c", "pass"], capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    return cmd
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    """A data folder with a photo in a readable and in a permission-denied (chmod 000) sub-folder."""
+    for sub in ("open", "locked"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        _photo(tmp_path / "d" / sub / "x.png")
+    (tmp_path / "d" / "locked").chmod(0)
+    yield tmp_path / "d"
+    (tmp_path / "d" / "locked").chmod(0o755)
+
+
+def test_unreadable_folder_is_listed_not_skipped_silently(locked_folder):
+    import json
+    import subprocess
+
+    code = ("import json, sys; from edge_runtime import preprocess; s = []; "
+            "f = [str(p) for p in preprocess.iter_image_files(sys.argv[1], s)]; print(json.dumps([f, s]))")
+    r = subprocess.run(unprivileged_python() + ["-c", code, str(locked_folder)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    files, skipped = json.loads(r.stdout)
+    assert files == [str(locked_folder / "open" / "x.png")]
+    assert skipped == [{"path": str(locked_folder / "locked"), "reason": "cannot read folder (permission denied)",
+                        "not_an_image": False}]
+
+
+def test_data_scan_lists_strays_with_the_skipped_files(tmp_path):
+    """The toolchain's data scan (edgetl build/train) never opens a pipe, a socket or a device in the data
+    folder: each is listed with the skipped files (report and split.json) and the build goes on. (In a
+    process under a timeout: the scan decodes on worker threads, which a blocked read would never free.)"""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("toolchain.data")
+    from conftest import write_dataset
+
+    photos = write_dataset(tmp_path / "photos", per_class=6)
+    _strays(photos / "red")
+    code = ("import json, sys; from toolchain import config, data\n"
+            "ds = data.build(sys.argv[1], sys.argv[2], config.resolve(None, image_size=96, split=[0.6, 0.2, 0.2]))\n"
+            "print(json.dumps([sum(len(v) for v in ds.files.values()), ds.skipped]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(photos), str(tmp_path / "run")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n, skipped = json.loads(r.stdout.splitlines()[-1])
+    assert n == 18
+    listed = {s["path"]: s["reason"] for s in skipped}
+    assert listed == {
+        "red/dangling.jpg": "not a regular file (dangling symbolic link)",
+        "red/pipe.jpg": "not a regular file (named pipe)",
+        "red/sock.png": "not a regular file (socket)",
+        "red/zero.jpg": "not a regular file (character device, via a symbolic link to /dev/zero)",
+    }
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["skipped"] == skipped
+    assert "4 file(s) skipped" in r.stderr and "red/pipe.jpg: not a regular file (named pipe)" in r.stderr
+
+
+def test_largest_image_is_refused_before_decoding(tmp_path):
+    """Above MAX_PIXELS an image is an ImageError from its header alone (no pixel buffer is allocated)."""
+    side = int(preprocess.MAX_PIXELS ** 0.5) + 1
+    Image.new("L", (side, side)).save(tmp_path / "big.png", compress_level=1)
+    with pytest.raises(ImageError, match="image too large .* the limit is 50"):
+        preprocess.decode_image(tmp_path / "big.png")
+    assert preprocess.MAX_PIXELS == 50_000_000

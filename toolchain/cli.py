@@ -286,6 +286,15 @@ def parity(
 # ------------------------------------------------------------------ runtime verbs (no TensorFlow)
 
 
+def _check_runtime_flags(top_k=None, threads=None):
+    """Flags checked before the model is opened, so an error names the flag, not the model."""
+    if top_k is not None and top_k < 1:
+        raise EdgetlError(f"--top-k {top_k}: must be at least 1", hint="e.g. --top-k 3 (the three best classes)")
+    if threads is not None and threads < 1:
+        raise EdgetlError(f"--threads {threads}: must be at least 1",
+                          hint="e.g. --threads 2, or leave it out to use every core")
+
+
 def _classifier(model, threads, labels, backend, input_range, resize=None):
     from edge_runtime.classifier import Classifier
 
@@ -313,17 +322,21 @@ def predict(
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
 ):
-    """Classify image files. Unreadable files are reported one by one and the run goes on (exit 2 at the end)."""
+    """Classify image files; folders are recursed.
+
+    Problems are listed on stderr as they happen and the run goes on. Exit codes: 0 when at least one file
+    was classified and the only files left out are not images at all (a labels .txt, a named pipe, a
+    socket: listed as "skipped"); 2 when nothing was classified, or when a photo could not be (image
+    content or an image name that does not decode, an unreadable file or folder: listed as "failed").
+    """
     from . import runtime_cmds
 
     if as_json and as_csv:
         raise EdgetlError("--json and --csv are exclusive", hint="pick one output format")
+    _check_runtime_flags(top_k, threads)
     clf = _classifier(model, threads, labels, backend, input_range, resize)
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    failed, total = runtime_cmds.predict(clf, paths, top_k, fmt)
-    if failed:
-        raise EdgetlError(f"{failed} of {total} file(s) could not be classified (listed above)",
-                          hint="fix or remove those files; the others were classified")
+    runtime_cmds.predict(clf, paths, top_k, fmt)
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Classify a camera, video file or stream: a window, or JSON lines.")
@@ -346,6 +359,7 @@ def camera(
 
     if smooth < 1 or (max_frames is not None and max_frames < 1):
         raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
+    _check_runtime_flags(top_k, threads)
     clf = _classifier(model, threads, labels, backend, input_range)
     summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()

@@ -101,8 +101,9 @@ def _find_split_dirs(data_dir: Path) -> dict:
     return found
 
 
-def scan(data_dir) -> tuple:
-    """(layout, classes, {split_or_'all': [(path, label)]}) of a data folder; errors for bad layouts."""
+def scan(data_dir, skipped=None) -> tuple:
+    """(layout, classes, {split_or_'all': [(path, label)]}) of a data folder; errors for bad layouts.
+    Entries that are not regular files and unreadable sub-folders are appended to ``skipped``."""
     d = Path(data_dir)
     if not d.exists():
         raise EdgetlError(f"data folder not found: {d}", hint="pass a folder with one sub-folder per class")
@@ -126,14 +127,15 @@ def scan(data_dir) -> tuple:
                     f"extra: {', '.join(extra) or '-'})",
                     hint="every split folder must hold the same class folders",
                 )
-            groups[split] = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(sd / c)]
+            groups[split] = [(p, i) for i, c in enumerate(classes)
+                             for p in preprocess.iter_image_files(sd / c, skipped)]
         return "splits", classes, groups
     classes = [c.name for c in _subdirs(d)]
     _check_classes(classes, d)
     loose = [f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")]
     if loose:
         ui.warn(f"{len(loose)} file(s) directly in {d} are ignored (not in a class folder), e.g. {loose[0].name}")
-    files = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(d / c)]
+    files = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(d / c, skipped)]
     return "folders", classes, {"all": files}
 
 
@@ -226,7 +228,9 @@ def _free_bytes(folder: Path):
 
 def _read_one(path: Path, size: int, policy: str):
     try:
-        data = path.read_bytes()
+        data = preprocess.read_file(path)  # regular files only, never more than the size cap
+    except ImageError as e:
+        return None, None, e.reason
     except OSError as e:
         return None, None, f"cannot read file ({e.strerror or e})"
     try:
@@ -244,7 +248,8 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     """Scan, validate, decode once into the cache, split, record split.json. Prints a count table."""
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
-    layout, classes, groups = scan(data_dir)
+    not_read = []  # not regular files, unreadable folders: never opened, listed with the skipped files
+    layout, classes, groups = scan(data_dir, not_read)
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     n = len(all_files)
     cache_dir = run_dir / "cache"
@@ -252,7 +257,8 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     size = cfg.image_size
     tmp = cache_dir / "images.u8.tmp"
     images = create_cache(tmp, (max(n, 1), size, size, 3))
-    ok_rows, hashes, skipped = {}, {}, []
+    ok_rows, hashes = {}, {}
+    skipped = [{"path": os.path.relpath(s["path"], data_dir), "reason": s["reason"]} for s in not_read]
     row = 0
     with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(_workers()) as pool:
         results = pool.map(lambda f: _read_one(f[0], size, cfg.resize), all_files, chunksize=8)

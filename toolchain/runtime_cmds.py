@@ -13,47 +13,102 @@ from edge_runtime.errors import EdgetlError, ImageError
 from . import ui
 
 
-def _expand(paths):
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP, WebP or TIFF"
+
+
+def _expand(paths, skipped: list):
+    """Files to classify: each argument, or the regular files under each folder (what is not a regular file,
+    and folders that cannot be read, go to ``skipped`` as they are met; see preprocess.iter_image_files)."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            yield from preprocess.iter_image_files(p)
+            yield from preprocess.iter_image_files(p, skipped)
         else:
             yield p
 
 
-def predict(clf, paths, top_k: int, fmt: str, out=None) -> tuple:
-    """Classify every file; returns (failed, total). Errors are reported per file as they happen."""
+def predict(clf, paths, top_k: int, fmt: str, out=None) -> dict:
+    """Classify every file, reporting each problem as it happens; returns the counts
+    {"classified", "skipped", "failed", "not_finite"} (failed includes not_finite).
+
+    Exit rule (raised here as EdgetlError, exit 2): nothing could be classified, or a photo could not be
+    (a file named or made like an image that does not decode, a file or folder that cannot be read, a
+    non-finite score). Entries that are not images at all (a labels .txt, a named pipe, a socket, a link to
+    a device) are skipped, listed on stderr, and do not change the exit code."""
+    import math
+
     out = out or sys.stdout
     writer = csv.writer(out) if fmt == "csv" else None
     if writer:
         writer.writerow(["path", "label", "score", "top_k"])
-    rows, failed, total = [], 0, 0
-    for p in _expand(paths):
-        total += 1
+    rows = []
+    n = {"classified": 0, "skipped": 0, "failed": 0, "not_finite": 0}
+    pending: list = []  # filled by the folder walk while it runs
+
+    def report(path, reason, not_an_image):
+        key = "skipped" if not_an_image else "failed"
+        n[key] += 1
+        if fmt == "json":
+            out.write(json.dumps({"path": str(path), key if not_an_image else "error": reason}) + "\n")
+        print(f"{'skipped' if not_an_image else 'failed'}: {path}: {reason}", file=sys.stderr)
+
+    def flush_pending():
+        while pending:
+            s = pending.pop(0)
+            report(s["path"], s["reason"], s["not_an_image"])
+
+    for p in _expand(paths, pending):
+        flush_pending()
         try:
-            preds = clf.classify_path(p, top_k)
+            probs = clf.probabilities(preprocess.decode_image(p))
         except ImageError as e:
-            failed += 1
-            if fmt == "json":
-                out.write(json.dumps({"path": str(p), "error": e.reason}) + "\n")
-            print(f"error: {p}: {e.reason}", file=sys.stderr)
+            report(p, e.reason, isinstance(e, preprocess.NotAnImage))
             continue
+        if not all(math.isfinite(float(x)) for x in probs):
+            n["not_finite"] += 1
+            report(p, "the model's scores are not finite numbers (NaN or infinity) for this image", False)
+            continue
+        preds = clf.top(probs, top_k)
+        n["classified"] += 1
         if fmt == "json":
             out.write(json.dumps({"path": str(p), "label": preds[0].label, "score": round(preds[0].score, 6),
-                                  "top_k": [x.as_dict() for x in preds]}) + "\n")
+                                  "top_k": [x.as_dict() for x in preds]}, allow_nan=False) + "\n")
         elif fmt == "csv":
             writer.writerow([str(p), preds[0].label, f"{preds[0].score:.6f}",
                              ";".join(f"{x.label}:{x.score:.4f}" for x in preds)])
         else:
             rows.append([str(p), preds[0].label, f"{preds[0].score:.4f}",
                          ", ".join(f"{x.label} {x.score:.3f}" for x in preds[1:])])
-    if total == 0:
-        raise EdgetlError("no files to classify", hint="pass image files or folders that contain some")
+    flush_pending()
     if fmt == "table" and rows:
         out.write(ui.table(rows, ["path", "label", "score", "next"], ["<", "<", ">", "<"]) + "\n")
     out.flush()
-    return failed, total
+    classified, skipped, failed = n["classified"], n["skipped"], n["failed"]
+    total = classified + skipped + failed
+    if total == 0:
+        raise EdgetlError("no files to classify", hint="pass image files or folders that contain some")
+    bad_files = failed - n["not_finite"]
+    fixes = []
+    if bad_files:
+        fixes.append("fix or remove the files listed as failed")
+    if n["not_finite"]:
+        fixes.append("the model gives NaN or infinite scores: check --input-range (float models), or convert "
+                     "the model again")
+    if classified == 0:
+        what = ", ".join(x for x in (f"{failed} failed" if failed else "",
+                                     f"{skipped} {'is' if skipped == 1 else 'are'} not an image" if skipped
+                                     else "") if x)
+        raise EdgetlError(f"no file could be classified: of {total}, {what} (listed above)",
+                          hint="; ".join(fixes) if fixes
+                          else f"pass photos ({IMAGE_FORMATS}) or folders that contain some")
+    if failed:
+        raise EdgetlError(
+            f"{failed} of {total} file(s) could not be classified (listed above)",
+            hint="; ".join(fixes) + f"; {classified} other file(s) were classified"
+                 + (f" and {skipped} skipped as not images" if skipped else ""))
+    if skipped:
+        ui.warn(f"{skipped} file(s) skipped: not images (listed above); {classified} classified")
+    return n
 
 
 def _parse_threads(text: str) -> list:
@@ -62,21 +117,28 @@ def _parse_threads(text: str) -> list:
     except ValueError:
         t = []
     if not t or any(x < 1 for x in t):
-        raise EdgetlError(f"--threads {text!r} is not a list of thread counts", hint="e.g. --threads 1,2,4")
+        raise EdgetlError(f"--threads {text!r} is not a list of thread counts (whole numbers, each at least 1)",
+                          hint="e.g. --threads 1,2,4")
     return t
 
 
 def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend):
     from edge_runtime import bench as bench_mod
 
+    thread_counts = _parse_threads(threads)  # flags first: an error names the flag, not the model
     if runs < 1 or warmup < 0:
         raise EdgetlError("--runs must be at least 1 and --warmup at least 0", hint="e.g. --runs 200 --warmup 20")
+    cores = bench_mod.available_cores()
+    over = [t for t in thread_counts if t > cores]
+    if over:
+        ui.warn(f"--threads {','.join(map(str, over))} exceeds the {cores} core(s) this process may use: those "
+                f"figures measure threads competing for cores, not a faster model")
     frame = None
     if image is not None:
         import cv2
 
         frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
-    res = bench_mod.bench(model, _parse_threads(threads), runs, warmup, frame, backend, labels, input_range)
+    res = bench_mod.bench(model, thread_counts, runs, warmup, frame, backend, labels, input_range)
     if as_json:
         print(json.dumps(res))
         return
@@ -86,10 +148,12 @@ def bench(model, threads, runs, warmup, image, as_json, labels, input_range, bac
     rows = []
     for r in res["results"]:
         c, i = r["classify_ms"], r["invoke_ms"]
-        rows.append([r["threads"], f"{c['p50']:.2f}", f"{c['p90']:.2f}", f"{c['p99']:.2f}", f"{r['fps']:.1f}",
-                     f"{i['p50']:.2f}"])
-    print(ui.table(rows, ["threads", "p50 ms", "p90 ms", "p99 ms", "FPS", "invoke p50 ms"], [">"] * 6))
-    print(f"runs {res['runs']} (+{res['warmup']} warm-up); classify = fit frame + invoke + top-k; "
+        rows.append([r["threads"], f"{c['p50']:.2f}", f"{c['p90']:.2f}", f"{c['p99']:.2f}", f"{c['mean']:.2f}",
+                     f"{r['fps']:.1f}", f"{i['p50']:.2f}", f"{i['mean']:.2f}"])
+    print(ui.table(rows, ["threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", "invoke p50", "invoke mean"],
+                   [">"] * 8))
+    print(f"runs {res['runs']} (+{res['warmup']} warm-up), classify and invoke timed alternately in one loop; "
+          f"classify = fit frame + invoke + top-k; FPS = {res['fps_basis']}; {res['cores']} core(s); "
           f"peak memory {res['peak_rss_mb']:.0f} MB")
 
 
