@@ -120,7 +120,8 @@ def load_folder(data_dir, size, policy, classes=None, progress: str = "reading p
     d = Path(data_dir)
     if not d.is_dir():
         raise EdgetlError(f"data folder not found: {d}", hint="pass a folder of photos (class sub-folders for accuracy)")
-    files = [p for p in preprocess.iter_image_files(d)]
+    not_read = []  # pipes, sockets, unreadable folders: listed with the unreadable photos
+    files = [p for p in preprocess.iter_image_files(d, not_read)]
     if not files:
         raise EdgetlError(f"{d} holds no files", hint="pass a folder of photos")
     # label = the first path component below d (or below d/<split>/) that names a class
@@ -149,7 +150,8 @@ def load_folder(data_dir, size, policy, classes=None, progress: str = "reading p
         )
     use_labels = has_dirs and all(lab is not None for lab in labels)
     tensors = np.empty((len(files), size[0], size[1], 3), np.uint8)
-    keep, skipped = [], []
+    keep = []
+    skipped = [{"path": str(x["path"]), "reason": x["reason"]} for x in not_read]
     with ui.Progress(len(files), progress) as bar:
         for i, p in enumerate(files):
             try:
