@@ -338,6 +338,15 @@ def main(argv=None):
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except ImportError as e:
+        # OpenCV is not a pip requirement on 32-bit ARM (no wheel there): it may be missing
+        if (getattr(e, "name", None) or "").split(".")[0] != "cv2":
+            raise
+        what = "is not installed" if isinstance(e, ModuleNotFoundError) and e.name == "cv2" else f"cannot load ({e})"
+        print(f"error: OpenCV (the cv2 module) {what}", file=sys.stderr)
+        print("hint: pip install opencv-python-headless   (Raspberry Pi OS 32-bit: sudo apt install python3-opencv, "
+              "and make the venv with --system-site-packages)", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
