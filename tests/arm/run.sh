@@ -99,8 +99,9 @@ HV=$CACHE/host-venv-$("$HPY" -c 'import sys; print("py%d%d" % sys.version_info[:
 if ! "$HV/bin/python" -c 'import packaging, setuptools, cv2, pip; assert int(pip.__version__.split(".")[0]) >= 25' >/dev/null 2>&1; then
   rm -rf "$HV"
   "$HPY" -m venv "$HV"
-  "$HV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel packaging opencv-python-headless \
-    || fail "could not install the host venv's tools"
+  "$HV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel packaging \
+      opencv-python-headless >"$CACHE/host-venv.log" 2>&1 \
+    || { cat "$CACHE/host-venv.log"; fail "could not install the host venv's tools"; }
   stamp "host venv ready ($HV)"
 fi
 HPIP=("$HV/bin/python" -m pip --disable-pip-version-check)
