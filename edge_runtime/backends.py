@@ -20,6 +20,19 @@ ORDER = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 INSTALL_HINT = "pip install ai-edge-litert   (older devices: pip install tflite-runtime 'numpy<2')"
 
 
+def install_hint() -> str:
+    """INSTALL_HINT, except on 32-bit ARM, where ai-edge-litert has no wheel (and tflite-runtime none for 3.12+)."""
+    import platform
+    import sys
+
+    if platform.machine() in ("armv7l", "armv8l", "armv6l"):
+        if sys.version_info >= (3, 12):
+            return ("no TFLite interpreter has a 32-bit ARM wheel for Python 3.12+: use Python 3.9-3.11 "
+                    "(pip install tflite-runtime 'numpy<2') or a 64-bit OS (ai-edge-litert)")
+        return "pip install tflite-runtime 'numpy<2'   (ai-edge-litert has no 32-bit ARM wheel)"
+    return INSTALL_HINT
+
+
 @dataclass
 class Backend:
     name: str
@@ -110,8 +123,8 @@ def resolve(name: str | None = None) -> Backend:
             reasons.append(EdgetlError(f"{candidate} failed to import: {e}"))
     if reasons:
         first = reasons[0]
-        raise EdgetlError(f"no usable TFLite interpreter: {first.message}", hint=first.hint or INSTALL_HINT)
-    raise EdgetlError("no TFLite interpreter is installed", hint=INSTALL_HINT)
+        raise EdgetlError(f"no usable TFLite interpreter: {first.message}", hint=first.hint or install_hint())
+    raise EdgetlError("no TFLite interpreter is installed", hint=install_hint())
 
 
 def make_interpreter(backend: Backend, model_content: bytes, num_threads: int | None = None,

@@ -475,6 +475,14 @@ def main(argv=None):
         where = e.filename if e.filename is not None else ""
         _fail(f"{where}: {e.strerror or e}" if where else f"{e.strerror or e}",
               OS_HINTS.get(name, "check the path and that the disk is writable"), 2)
+    except ImportError as e:
+        # OpenCV is not a pip requirement on 32-bit ARM (no wheel there): it may be missing
+        if (getattr(e, "name", None) or "").split(".")[0] != "cv2":
+            raise
+        what = "is not installed" if isinstance(e, ModuleNotFoundError) and e.name == "cv2" else f"cannot load ({e})"
+        _fail(f"OpenCV (the cv2 module) {what}",
+              "pip install opencv-python-headless   (Raspberry Pi OS 32-bit: sudo apt install python3-opencv, "
+              "and make the venv with --system-site-packages)", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
