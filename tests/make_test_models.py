@@ -14,6 +14,8 @@ tests in the tflite-runtime environment (which has no TensorFlow to make them).
 - bare_uint8.tflite       the int8/uint8 conversion with no metadata at all
 - std_gray.tflite         a 32x32 one-channel float model (softmax over 3) with ONLY standard metadata:
                           GRAYSCALE, NormalizationOptions mean 127.5 / std 127.5, labels.txt
+- identity32.tflite       a float model whose 3072 "scores" are its 32x32x3 input (standard metadata, mean 0
+                          std 1): shows the pixels an application such as MediaPipe fed it
 """
 
 from __future__ import annotations
@@ -120,6 +122,13 @@ def make_all(out: Path):
     (out / "std_gray.tflite").write_bytes(meta_mod.write(convert.convert(m, "float32"), standard=std,
                                                          files=[("labels.txt", labels_txt)]))
     m.save(out / "std_gray.keras")
+
+    m = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Reshape((32 * 32 * 3,))])
+    ident = {"name": "identity", "subgraphs": [{
+        "inputs": [{"name": "image", "content": "ImageProperties", "color_space": "RGB",
+                    "process_units": [{"type": "NormalizationOptions", "mean": [0.0], "std": [1.0]}]}],
+        "outputs": [{"name": "pixels", "content": "FeatureProperties"}]}]}
+    (out / "identity32.tflite").write_bytes(meta_mod.write(convert.convert(m, "float32"), standard=ident))
     (out / "done").write_text("ok\n")
     return out
 

@@ -451,3 +451,26 @@ def test_edgetl_labels_beat_standard_labels_and_flags_beat_both(test_models, tmp
 def test_non_finite_figures_never_reach_the_json(test_models):
     out = metadata._json_bytes({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}})
     assert json.loads(out) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+# ------------------------------------------------------------------ a real build
+
+
+def test_build_writes_both_forms_and_the_mediapipe_estimate(tiny_run):
+    """`edgetl build` (every mode): both metadata forms in each model, the standard one beside it in
+    model_<mode>.json, and the estimate of MediaPipe's agreement in report.json and report.md."""
+    run, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads((run / "report.json").read_text())
+    for mode in ("int8", "float16", "dynamic", "float32"):
+        f = metadata.read_all((run / f"model_{mode}.tflite").read_bytes())
+        assert not f.problems and f.files == ["labels.txt", "edgetl/metadata.json"]
+        assert f.edgetl["mode"] == mode and f.standard["labels"] == ["blue", "green", "red"]
+        assert f.standard["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}
+        assert "'crop' policy" in f.standard["description"]
+        side = json.loads((run / f"model_{mode}.json").read_text())
+        assert side["tflite_metadata"]["labels"] == ["blue", "green", "red"]
+        r = rep["tflite"][mode]
+        assert 0.0 <= r["mediapipe_squash_agreement"] <= 1.0 and r["mediapipe_squash_n"] == 45
+    md = (run / "report.md").read_text()
+    assert "estimated top-1 agreement of MediaPipe with edge_runtime (`crop`) on 45 parity photos: int8" in md
