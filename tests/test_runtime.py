@@ -160,7 +160,7 @@ def test_metadata_trailer_roundtrip_and_loads(test_models, tmp_path):
     flat, meta = metadata.split(data)
     assert meta["labels"] == ["blue", "green", "red"] and len(flat) < len(data)
     meta["labels"] = ["x", "y", "z"]
-    again = metadata.embed(data, meta)  # replaces the archive, keeps the flatbuffer
+    again = metadata.write(data, edgetl=meta)  # replaces edgetl's JSON, keeps the flatbuffer (pure Python)
     assert metadata.split(again)[0] == flat
     (tmp_path / "m.tflite").write_bytes(again)
     assert Classifier(tmp_path / "m.tflite").labels == ["x", "y", "z"]
