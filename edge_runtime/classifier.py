@@ -172,7 +172,7 @@ class Classifier:
         # input ("squash"), as MediaPipe and TFLite's reference examples feed their models.
         self.resize = resize or meta_in.get("resize") or (preprocess.DEFAULT_RESIZE if m.meta else "squash")
         self.sources["resize"] = ("resize argument" if resize else "edgetl metadata" if meta_in.get("resize")
-                                  else "default")
+                                  else "default for a model without edgetl metadata")
         if self.resize not in preprocess.RESIZE_POLICIES:
             raise EdgetlError(f"unknown resize policy {self.resize!r}",
                               hint=f"use one of {', '.join(preprocess.RESIZE_POLICIES)}")
