@@ -64,7 +64,7 @@ class LoadedModel:
     size_bytes: int
     content: bytes
     structure: dict
-    meta: dict | None
+    meta: dict | None  # edgetl metadata (validated), or None
     backend: backends.Backend
     interpreter: object
     num_threads: int
@@ -72,6 +72,9 @@ class LoadedModel:
     outputs: list = field(default_factory=list)
     ops: list = field(default_factory=list)  # original operator names, in execution order
     delegated: bool = False  # XNNPACK (or another delegate) took over part of the graph
+    standard: dict | None = None  # standard TFLite metadata (TFLITE_METADATA), as metadata.read_all sees it
+    archive_files: list = field(default_factory=list)  # names in the ZIP archive at the end of the file
+    metadata_problems: list = field(default_factory=list)  # why metadata was ignored or is incomplete
 
     @property
     def input(self) -> TensorInfo:
@@ -84,10 +87,9 @@ class LoadedModel:
     def op_counts(self) -> dict:
         return dict(Counter(self.ops).most_common())
 
-    def output_is_probabilities(self) -> bool:
-        """True when the output comes out of a SOFTMAX (possibly through quantize/reshape ops)."""
-        if self.meta and "probabilities" in (self.meta.get("output") or {}):
-            return bool(self.meta["output"]["probabilities"])
+    def output_ends_in(self) -> str | None:
+        """The activation the output comes out of (SOFTMAX or LOGISTIC), looking through the
+        DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it is anything else."""
         producers = {}
         for op in self._op_details:
             for t in op["outputs"]:
@@ -96,13 +98,21 @@ class LoadedModel:
         for _ in range(8):
             op = producers.get(t)
             if op is None:
-                return False
-            if op["op_name"] == "SOFTMAX":
-                return True
+                return None
+            if op["op_name"] in ("SOFTMAX", "LOGISTIC"):
+                return op["op_name"]
             if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
-                return False
+                return None
             t = int(op["inputs"][0])
-        return False
+        return None
+
+    def output_is_probabilities(self) -> bool:
+        """True when the output already holds scores in [0, 1]: the edgetl metadata says so, or the graph
+        ends in SOFTMAX or LOGISTIC (a multi-label / MediaPipe Model Maker head). Otherwise the runtime
+        applies softmax."""
+        if self.meta and "probabilities" in (self.meta.get("output") or {}):
+            return bool(self.meta["output"]["probabilities"])
+        return self.output_ends_in() is not None
 
     _op_details: list = field(default_factory=list, repr=False)
 
@@ -145,14 +155,14 @@ def load(path, num_threads: int | None = None, backend: str | None = None) -> Lo
     p = check_file(path)
     content = p.read_bytes()
     structure = tflite_format.parse_model(content, str(p))
-    meta = metadata.read(content)
+    found = metadata.read_all(content, structure)
     be = backends.resolve(backend)
     threads = backends.default_threads() if num_threads is None else int(num_threads)
     with _native_stderr_note():
-        return _open(p, content, structure, meta, be, threads)
+        return _open(p, content, structure, found, be, threads)
 
 
-def _open(p, content, structure, meta, be, threads) -> LoadedModel:
+def _open(p, content, structure, found, be, threads) -> LoadedModel:
     try:
         interp = backends.make_interpreter(be, content, threads)
     except ValueError as e:
@@ -177,7 +187,7 @@ def _open(p, content, structure, meta, be, threads) -> LoadedModel:
         size_bytes=len(content),
         content=content,
         structure=structure,
-        meta=meta,
+        meta=found.edgetl,
         backend=be,
         interpreter=interp,
         num_threads=threads,
@@ -185,6 +195,9 @@ def _open(p, content, structure, meta, be, threads) -> LoadedModel:
         outputs=[_tensor_info(d) for d in interp.get_output_details()],
         ops=[op["op_name"] for op in op_details],
         delegated=delegated,
+        standard=found.standard,
+        archive_files=list(found.files),
+        metadata_problems=list(found.problems),
     )
     m._op_details = op_details
     return m

@@ -51,6 +51,10 @@ class _Reader:
         self._need(p, 4)
         return struct.unpack_from("<I", self.d, p)[0]
 
+    def f32(self, p):
+        self._need(p, 4)
+        return struct.unpack_from("<f", self.d, p)[0]
+
     def u64(self, p):
         self._need(p, 8)
         return struct.unpack_from("<Q", self.d, p)[0]
@@ -92,6 +96,15 @@ class _Reader:
         start, length = self.vector(table, index)
         return list(struct.unpack_from(f"<{length}i", self.d, start)) if start is not None else []
 
+    def floats(self, table: int, index: int):
+        start, length = self.vector(table, index)
+        return list(struct.unpack_from(f"<{length}f", self.d, start)) if start is not None else []
+
+    def union(self, table: int, index: int):
+        """(type, table) of a union field stored at slots ``index`` (type) and ``index + 1`` (value)."""
+        kind = self.scalar(table, index, "u8", 0)
+        return kind, (self.table(table, index + 1) if kind else None)
+
     def string(self, table: int, index: int) -> str | None:
         start, length = self.vector(table, index, 1)
         if start is None:
@@ -124,7 +137,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             builtin = r.scalar(oc, 3, "i32", 0)
             deprecated = r.scalar(oc, 0, "u8", 0)
             opcodes.append({"builtin": max(builtin, deprecated), "custom": r.string(oc, 1)})
-        buffers = []
+        buffers, spans = [], []
         for b in r.tables(root, 4):
             start, length = r.vector(b, 0, 1)
             offset = r.scalar(b, 1, "u64", 0)
@@ -132,6 +145,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             if offset > 1:  # large models keep buffers outside the flatbuffer, at file offsets
                 r._need(offset, size)
             buffers.append(length if start is not None else size)
+            spans.append((start, length) if start is not None else ((offset, size) if offset > 1 else (0, 0)))
         subgraphs = []
         for sg in r.tables(root, 2):
             tensors = []
@@ -167,7 +181,9 @@ def parse_model(data: bytes, name: str = "model") -> dict:
                 }
             )
         description = r.string(root, 3)
-        metadata_names = [r.string(m, 0) for m in r.tables(root, 6)]
+        metadata = []  # Model.metadata: named entries that point at a buffer (e.g. "TFLITE_METADATA")
+        for m in r.tables(root, 6):
+            metadata.append({"name": r.string(m, 0), "buffer": r.scalar(m, 1, "u32", 0)})
     except (_Corrupt, struct.error) as e:
         raise EdgetlError(
             f"{name}: truncated or corrupt TFLite model ({e})",
@@ -181,5 +197,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         "opcodes": opcodes,
         "subgraphs": subgraphs,
         "num_buffers": len(buffers),
-        "metadata_names": metadata_names,
+        "buffer_spans": spans,  # (start, length) in the file of each buffer's bytes
+        "metadata_names": [m["name"] for m in metadata],
+        "metadata": metadata,
     }

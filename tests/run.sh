@@ -37,3 +37,4 @@ print(f"numpy {numpy.__version__}, opencv {cv2.__version__}, tflite_runtime only
 PY
 # run from a folder outside the checkout, so the installed package (not the source tree) is tested
 (cd tests && EDGETL_TEST_MODELS="$models" ../.venv-tflite/bin/python -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider . "$@")
+EDGETL_TEST_MODELS="$models" bash tests/mediapipe/run.sh

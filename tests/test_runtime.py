@@ -62,10 +62,28 @@ def test_batched_equals_single(shared):
     assert [[p.label for p in b] for b in batch] == [[p.label for p in s] for s in single]
 
 
-def test_foreign_model_warns_once(shared):
-    with pytest.warns(UserWarning, match="no edgetl metadata"):
-        clf = Classifier(REF_PTQ, labels=IMAGENET_LABELS)
-    assert clf.labels[0] == "background" and len(clf.labels) == 1001
+@pytest.mark.parametrize("model", [REF_PTQ, REF_QAT], ids=["tf2_ptq", "tf1_qat"])
+def test_reference_models_read_their_standard_metadata(shared, model, recwarn):
+    """The Coral models carry standard TFLite metadata (labels as an associated file): no --labels, no
+    warning (this test assumed "no metadata" before the runtime read the standard form)."""
+    clf = Classifier(model, num_threads=1)
+    assert not [w for w in recwarn.list if issubclass(w.category, UserWarning)] and not clf.notes
+    assert len(clf.labels) == 1001 and clf.labels[0] == "background"
+    assert clf.labels == [ln.strip() for ln in IMAGENET_LABELS.read_text().splitlines() if ln.strip()]
+    assert clf.sources["labels"] == "TFLite metadata (imagenet_labels.txt)" and clf.resize == "squash"
+    assert clf.classify_path(shared / "images" / "grace_hopper.bmp")[0].label == "military uniform"
+
+
+def test_model_without_labels_warns_once(test_models):
+    """Only a model that nothing describes gets a warning, phrased for the API (labels=) or the CLI."""
+    with pytest.warns(UserWarning, match="carries no labels") as rec:
+        clf = Classifier(test_models / "bare_uint8.tflite")
+    assert len(rec) == 1 and "labels=" in str(rec[0].message) and "--labels" not in str(rec[0].message)
+    assert clf.labels == ["0", "1", "2"] and clf.resize == "squash"
+    clf = Classifier(test_models / "bare_uint8.tflite", warn=False, cli=True)
+    assert len(clf.notes) == 1 and "--labels FILE" in clf.notes[0]
+    clf = Classifier(test_models / "bare_uint8.tflite", labels=["a", "b", "c"], warn=False)
+    assert not clf.notes  # labels given, uint8 input fed raw: nothing is missing
 
 
 def test_label_count_mismatch(shared, tmp_path):
@@ -107,6 +125,9 @@ def test_input_mapping_per_input_type(test_models):
 def test_logits_get_softmax_and_float_needs_range(test_models, tmp_path):
     with pytest.raises(EdgetlError, match="pixel range is unknown") as e:
         Classifier(test_models / "logits_float.tflite", warn=False)
+    assert "input_range=" in e.value.hint
+    with pytest.raises(EdgetlError, match="pixel range is unknown") as e:
+        Classifier(test_models / "logits_float.tflite", warn=False, cli=True)
     assert "--input-range" in e.value.hint
     clf = Classifier(test_models / "logits_float.tflite", input_range="-1,1", warn=False)
     assert clf._softmax
@@ -139,7 +160,7 @@ def test_metadata_trailer_roundtrip_and_loads(test_models, tmp_path):
     flat, meta = metadata.split(data)
     assert meta["labels"] == ["blue", "green", "red"] and len(flat) < len(data)
     meta["labels"] = ["x", "y", "z"]
-    again = metadata.embed(data, meta)  # replaces the archive, keeps the flatbuffer
+    again = metadata.write(data, edgetl=meta)  # replaces edgetl's JSON, keeps the flatbuffer (pure Python)
     assert metadata.split(again)[0] == flat
     (tmp_path / "m.tflite").write_bytes(again)
     assert Classifier(tmp_path / "m.tflite").labels == ["x", "y", "z"]
@@ -203,6 +224,9 @@ def test_info_cli(shared, test_models):
     d = json.loads(r.stdout)
     assert d["precision"] == "full-integer" and d["op_counts"]["CONV_2D"] == 36
     assert d["inputs"][0]["quantization"]["zero_point"] == 127 and d["edgetl_metadata"] is None
+    std = d["standard_metadata"]  # the Coral model's own TFLITE_METADATA (it has no edgetl metadata)
+    assert std["name"] == "ImageClassifier" and std["labels_file"] == "imagenet_labels.txt"
+    assert std["input"]["normalization"] == {"mean": [127.5], "std": [127.5]} and len(std["labels"]) == 1001
     r = run_cli("info", test_models / "edgetl_uint8.tflite")
     assert r.returncode == 0 and "labels   3: blue, green, red" in r.stdout
     assert "resize crop" in r.stdout

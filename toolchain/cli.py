@@ -299,7 +299,7 @@ def _classifier(model, threads, labels, backend, input_range, resize=None):
     from edge_runtime.classifier import Classifier
 
     clf = Classifier(model, num_threads=threads, labels=labels, backend=backend, input_range=input_range,
-                     resize=resize, warn=False)
+                     resize=resize, warn=False, cli=True)
     for note in clf.notes:
         print(f"warning: {note}", file=sys.stderr)
     return clf

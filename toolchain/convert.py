@@ -215,6 +215,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         result["flatbuffer_bytes"] = len(flat)
         runfolder.write_json(out_path.with_suffix(".json"), {"file": out_path.name, "size_bytes": len(final),
                                                               "metadata": meta_mod.read(final),
+                                                              "tflite_metadata": meta_mod.read_standard(final),
                                                               "figures": _public(result)})
         return result
     finally:
@@ -358,6 +359,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=target / "logs")
         results[mode] = r
+        mediapipe_estimate(r, run / f"model_{mode}.tflite", ds)
         ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
@@ -370,3 +372,48 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     tfl.update(results)
     runfolder.update_report(run, tflite=tfl)
     return results
+
+
+# ---------------------------------------------------------------- MediaPipe agreement estimate
+# The standard metadata has no resize policy: MediaPipe fits the whole frame (squash, its own bilinear
+# sampling), whatever policy the model was trained with. For each model, estimate how often MediaPipe's
+# top-1 equals edge_runtime's (the model's own policy) on the run's parity photos (test, then val, then
+# train; at most MEDIAPIPE_ESTIMATE_CAP), by classifying each raw photo fitted as MediaPipe fits it
+# (edge_runtime.classifier.fit_like_mediapipe) and as the model's policy fits it (the run's cache).
+
+MEDIAPIPE_ESTIMATE_CAP = 400
+_mp_cache: dict = {}
+
+
+def mediapipe_estimate(result: dict, path: Path, ds) -> None:
+    """Add ``mediapipe_squash_agreement`` (and ``mediapipe_squash_n``) to ``result``; nothing on failure."""
+    from edge_runtime import preprocess as pp
+    from edge_runtime.classifier import fit_like_mediapipe
+
+    try:
+        clf = Classifier(path, num_threads=2, warn=False)
+        key = (str(ds.data_dir), ds.image_size, tuple(clf.input_size))
+        if key not in _mp_cache:
+            rows, squashed = [], []
+            for split in ("test", "val", "train"):
+                if split == "test" and ds.test_is_val:
+                    continue
+                for p, row in zip(ds.paths(split), ds.rows(split)):
+                    if len(rows) >= MEDIAPIPE_ESTIMATE_CAP:
+                        break
+                    try:
+                        squashed.append(fit_like_mediapipe(pp.decode_image(p), clf.input_size))
+                        rows.append(int(row))
+                    except Exception:  # moved or unreadable since the build: left out of the estimate
+                        continue
+            _mp_cache.clear()
+            _mp_cache[key] = (np.asarray(rows, np.int64), squashed)
+        rows, squashed = _mp_cache[key]
+        if not len(rows):
+            return
+        own = clf.run_tensors([clf.from_pixels(np.asarray(ds.images[r])) for r in rows])
+        mp = clf.run_tensors([clf.from_pixels(t) for t in squashed])
+        result["mediapipe_squash_agreement"] = round(float((own.argmax(1) == mp.argmax(1)).mean()), 4)
+        result["mediapipe_squash_n"] = int(len(rows))
+    except Exception as e:  # an estimate for the report: never fails a build
+        ui.warn(f"MediaPipe agreement estimate skipped for {path.name}: {str(e)[:200]}")

@@ -20,7 +20,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
     if data is not None and not Path(data).exists():
         raise EdgetlError(f"data not found: {data}", hint="pass a folder of photos or a run folder")
     clf = Classifier(tflite_path, num_threads=threads, labels=labels, input_range=input_range, resize=resize,
-                     warn=False)
+                     warn=False, cli=True)
     for note in clf.notes:
         ui.warn(note)
     model = modeling.load(keras_path)

@@ -157,12 +157,24 @@ def bench(model, threads, runs, warmup, image, as_json, labels, input_range, bac
           f"peak memory {res['peak_rss_mb']:.0f} MB")
 
 
+def _fmt_list(values, n: int = 3) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values[:n]) + (", ..." if len(values) > n else "") + "]"
+
+
+def _fmt_labels(labels, n: int = 8) -> str:
+    return f"{len(labels)}: {', '.join(labels[:n])}{' ...' if len(labels) > n else ''}"
+
+
 def info(model, as_json: bool, backend):
+    """Describe a model: I/O, operators, precision, and what each metadata form says (both when both exist)."""
     from edge_runtime import inspect_model
     from edge_runtime import model as model_mod
 
     m = model_mod.load(model, num_threads=1, backend=backend)
     d = inspect_model.describe(m)
+    d["standard_metadata"] = m.standard
+    d["archive_files"] = m.archive_files
+    d["metadata_problems"] = m.metadata_problems
     if as_json:
         print(json.dumps(d))
         return
@@ -177,22 +189,46 @@ def info(model, as_json: bool, backend):
             print(f"{kind[:-1]:<10} {t['name']}: {t['dtype']} {t['shape_signature']}{qs}")
     print(f"operators  {d['operators']}: " + ", ".join(f"{k} {v}" for k, v in d["op_counts"].items()))
     print(f"tensors    " + ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items()))
-    meta = d["edgetl_metadata"]
-    if not meta:
-        print("metadata   none (not written by edgetl): pass --labels, and --input-range for float inputs")
-        return
-    inp = meta.get("input", {})
-    print(f"metadata   edgetl {meta.get('edgetl_version')}, mode {meta.get('mode')}, created {meta.get('created')}")
-    print(f"  labels   {len(meta.get('labels', []))}: {', '.join(meta.get('labels', [])[:8])}"
-          f"{' ...' if len(meta.get('labels', [])) > 8 else ''}")
-    print(f"  input    {inp.get('size')} {inp.get('color')}, resize {inp.get('resize')}, "
-          f"values {inp.get('value_range')}, {inp.get('dtype')}")
-    print(f"  keras    sha256 {str(meta.get('keras_model_sha256'))[:16]}...")
-    ds = meta.get("dataset") or {}
-    if ds:
-        print(f"  dataset  {ds.get('total')} photos, {len(ds.get('classes', []))} classes, from {ds.get('data_dir')}")
-    par = meta.get("parity")
-    if par:
-        print(f"  parity   on {par.get('n')} photos ({par.get('data')}): keras acc {par.get('keras_accuracy')}, "
-              f"tflite acc {par.get('tflite_accuracy')}, drop {par.get('accuracy_drop_pt')} pt, agreement "
-              f"{par.get('agreement')}, KL {par.get('kl_mean')} -> {'pass' if par.get('passed') else 'FAIL'}")
+    ends = m.output_ends_in()
+    print(f"scores     {'the graph ends in ' + ends if ends else 'no SOFTMAX/LOGISTIC at the end: the runtime applies softmax'}")
+    if m.archive_files:
+        print(f"archive    {', '.join(m.archive_files)}")
+    std, meta = m.standard, d["edgetl_metadata"]
+    if std:
+        print(f"tflite metadata (TFLITE_METADATA, parser >= {std.get('min_parser_version') or '?'})")
+        print(f"  name     {std.get('name')}, version {std.get('version') or '-'}, author {std.get('author') or '-'}")
+        if std.get("description"):
+            print(f"  about    {std['description']}")
+        si, so = std.get("input") or {}, std.get("output") or {}
+        norm = si.get("normalization")
+        stats = si.get("stats") or {}
+        print(f"  input    {si.get('name') or '-'}: {si.get('content') or '-'}, colour space {si.get('color_space') or '-'}, "
+              + (f"normalization mean {_fmt_list(norm['mean'])} std {_fmt_list(norm['std'])}" if norm
+                 else "no normalization")
+              + (f", stats min {_fmt_list(stats.get('min') or [])} max {_fmt_list(stats.get('max') or [])}" if stats else ""))
+        print(f"  output   {so.get('name') or '-'}: {so.get('content') or '-'}")
+        if std.get("labels"):
+            print(f"  labels   {_fmt_labels(std['labels'])} (from {std.get('labels_file')})")
+        for f in std.get("associated_files") or []:
+            print(f"  file     {f.get('name')}: {f.get('type')} ({f.get('tensor')})"
+                  + (f", {f['description']}" if f.get("description") else "")
+                  + (f", locale {f['locale']}" if f.get("locale") else ""))
+    if meta:
+        inp = meta.get("input", {})
+        print(f"metadata   edgetl {meta.get('edgetl_version')}, mode {meta.get('mode')}, created {meta.get('created')}")
+        print(f"  labels   {_fmt_labels(meta.get('labels') or [])}")
+        print(f"  input    {inp.get('size')} {inp.get('color')}, resize {inp.get('resize')}, "
+              f"values {inp.get('value_range')}, {inp.get('dtype')}")
+        print(f"  keras    sha256 {str(meta.get('keras_model_sha256'))[:16]}...")
+        ds = meta.get("dataset") or {}
+        if ds:
+            print(f"  dataset  {ds.get('total')} photos, {len(ds.get('classes', []))} classes, from {ds.get('data_dir')}")
+        par = meta.get("parity")
+        if par:
+            print(f"  parity   on {par.get('n')} photos ({par.get('data')}): keras acc {par.get('keras_accuracy')}, "
+                  f"tflite acc {par.get('tflite_accuracy')}, drop {par.get('accuracy_drop_pt')} pt, agreement "
+                  f"{par.get('agreement')}, KL {par.get('kl_mean')} -> {'pass' if par.get('passed') else 'FAIL'}")
+    if not std and not meta:
+        print("metadata   none: pass --labels, and --input-range for a float input")
+    for problem in m.metadata_problems:
+        print(f"warning: {problem}", file=sys.stderr)
