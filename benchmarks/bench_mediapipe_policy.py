@@ -51,7 +51,7 @@ import json, sys, numpy as np
 import mediapipe as mp
 from mediapipe.tasks.python import vision, BaseOptions
 from edge_runtime import Classifier, preprocess
-from edge_runtime.classifier import fit_like_mediapipe
+from edge_runtime.preprocess import fit_like_mediapipe
 
 spec = json.loads(sys.argv[1])
 photos = []

@@ -9,7 +9,7 @@ trust) the caller's arguments, the model's edgetl metadata, its standard TFLite 
   own integer range (uint8: the pixel, int8: the pixel - 128), as MediaPipe feeds them;
 - colour: RGB, or gray when the input has one channel or its ImageProperties say GRAYSCALE;
 - resize: ``resize=`` > the edgetl policy > ``squash`` (the whole frame, as MediaPipe fits it); a model
-  without edgetl metadata is squashed with MediaPipe's own sampling (``fit_like_mediapipe``), an edgetl
+  without edgetl metadata is squashed with MediaPipe's own sampling (``preprocess.fit_like_mediapipe``), an edgetl
   model with the sampling it was trained with (``preprocess.fit``);
 - scores: outputs are dequantized; softmax is applied only when the graph does not end in SOFTMAX or
   LOGISTIC (possibly followed by DEQUANTIZE/QUANTIZE/RESHAPE), so a sigmoid head keeps its own scale.
@@ -64,30 +64,6 @@ def parse_range(text) -> tuple[float, float]:
     if not hi > lo:
         raise EdgetlError(f"bad input range {text!r}: HIGH must exceed LOW", hint="e.g. -1,1 or 0,1")
     return float(lo), float(hi)
-
-
-def fit_like_mediapipe(image: np.ndarray, size, bgr: bool = False) -> np.ndarray:
-    """The whole frame resized to ``size`` = (height, width) as MediaPipe Tasks' ImageClassifier does on a
-    CPU: one bilinear warp that maps the image's corners onto the input's corners (no area averaging, no
-    half-pixel shift), edges replicated. Returns RGB uint8. Measured against MediaPipe 1.2.3 (a model that
-    outputs its input): identical on synthetic images; on photos a few pixels differ by a few levels,
-    where the two fixed-point bilinear implementations round differently."""
-    import cv2
-
-    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        a = preprocess.to_rgb(a)
-    h, w = a.shape[:2]
-    if h == 0 or w == 0:
-        raise ValueError("empty image")
-    if (h, w) == (th, tw):
-        out = np.ascontiguousarray(a)
-    else:
-        m = np.array([[tw / w, 0.0, 0.0], [0.0, th / h, 0.0]], np.float64)
-        out = cv2.warpAffine(np.ascontiguousarray(a), m, (tw, th), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
-    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if bgr else out
 
 
 def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
@@ -264,7 +240,7 @@ class Classifier:
     def prepare(self, image: np.ndarray, bgr: bool = False) -> np.ndarray:
         """The model's input tensor (H, W, 3) for one image: fit, then map to the input type."""
         if self.sampling == "mediapipe":
-            px = fit_like_mediapipe(image, self.input_size, bgr=bgr)
+            px = preprocess.fit_like_mediapipe(image, self.input_size, bgr=bgr)
         else:
             px = preprocess.fit(image, self.input_size, self.resize, bgr=bgr)
         return self.from_pixels(px)

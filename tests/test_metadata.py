@@ -22,7 +22,7 @@ from conftest import REF_PTQ, REF_QAT, colour_image, run_cli
 from make_test_models import EDGETL_MODELS, GRAY_LABELS, LABELS
 
 from edge_runtime import Classifier, __version__, metadata, preprocess, tflite_format
-from edge_runtime.classifier import fit_like_mediapipe
+from edge_runtime.preprocess import fit_like_mediapipe
 from edge_runtime.errors import EdgetlError
 
 HAVE_WRITER = importlib.util.find_spec("flatbuffers") is not None and (

@@ -379,7 +379,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
 # sampling), whatever policy the model was trained with. For each model, estimate how often MediaPipe's
 # top-1 equals edge_runtime's (the model's own policy) on the run's parity photos (test, then val, then
 # train; at most MEDIAPIPE_ESTIMATE_CAP), by classifying each raw photo fitted as MediaPipe fits it
-# (edge_runtime.classifier.fit_like_mediapipe) and as the model's policy fits it (the run's cache).
+# (edge_runtime.preprocess.fit_like_mediapipe) and as the model's policy fits it (the run's cache).
 
 MEDIAPIPE_ESTIMATE_CAP = 400
 _mp_cache: dict = {}
@@ -388,7 +388,7 @@ _mp_cache: dict = {}
 def mediapipe_estimate(result: dict, path: Path, ds) -> None:
     """Add ``mediapipe_squash_agreement`` (and ``mediapipe_squash_n``) to ``result``; nothing on failure."""
     from edge_runtime import preprocess as pp
-    from edge_runtime.classifier import fit_like_mediapipe
+    from edge_runtime.preprocess import fit_like_mediapipe
 
     try:
         clf = Classifier(path, num_threads=2, warn=False)

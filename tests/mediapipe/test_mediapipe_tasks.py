@@ -17,7 +17,7 @@ import mediapipe as mp  # noqa: E402
 from mediapipe.tasks.python import BaseOptions  # noqa: E402
 
 from edge_runtime import Classifier, preprocess  # noqa: E402
-from edge_runtime.classifier import fit_like_mediapipe  # noqa: E402
+from edge_runtime.preprocess import fit_like_mediapipe  # noqa: E402
 
 MEDIAPIPE_MODES = [n for n, (_, io) in EDGETL_MODELS.items() if io != "int8"]
 
