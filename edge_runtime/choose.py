@@ -249,7 +249,7 @@ def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame
 
 
 def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, remeasure: bool = False,
-           use_cache: bool = True) -> Choice:
+           use_cache: bool = True, frame=None) -> Choice:
     """The fastest passing model of ``run`` on this device (from the cache when it was measured here)."""
     run = Path(run)
     cands = candidates(run)
@@ -272,7 +272,8 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
                 return ch
             except (TypeError, KeyError):
                 pass
-    ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, backend=backend)
+    ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, frame=frame,
+                      backend=backend)
     best = ranking[0]
     ch = Choice(mode=best["name"], path=str(run / Path(best["path"]).name), threads=best["threads"],
                 p50_ms=best["p50_ms"],
@@ -294,3 +295,41 @@ def describe(ch: Choice) -> str:
     how = "chosen earlier on this device" if ch.cached else "measured now"
     return (f"using {Path(ch.path).name} at {ch.threads} thread(s): the fastest model that passed parity on this "
             f"device ({ch.p50_ms:.2f} ms{'; ' + rest if rest else ''}; {how}; --mode forces another)")
+
+
+def resolve(model, mode: str | None = None, threads: int | None = None, backend=None, say=None):
+    """(model path, thread count) for a .tflite file or a run folder. For a run: ``mode`` if given (a model
+    whose gate failed gets a warning), else the choice for this device (measured now if it never was).
+    ``say``: where the one-line explanation goes (e.g. a function printing to stderr)."""
+    p = Path(model)
+    if not p.is_dir():
+        if mode:
+            raise EdgetlError("--mode chooses among a run's models; MODEL is a single .tflite file",
+                              hint="pass the run folder with --mode, or drop --mode")
+        return p, threads
+    if not is_run_folder(p):
+        raise EdgetlError(f"{p} is a folder but not an edgetl run with TFLite models",
+                          hint="pass a .tflite model, or a run folder made by `edgetl build`")
+    if mode:
+        c = pick_mode(p, mode)
+        if not c.passed and say:
+            say(f"warning: {c.path.name} did not pass its parity gate ({c.reason}); using it because --mode says so")
+        return c.path, threads
+    if say and not _cached(p, backend):
+        say(f"measuring the models of {p} on this device (once; `edgetl bench {p}` shows the figures) ...")
+    ch = choose(p, backend=backend)
+    if say:
+        say(describe(ch))
+    return Path(ch.path), threads if threads is not None else ch.threads
+
+
+def _cached(run: Path, backend) -> bool:
+    """Whether ``choose`` would answer from the cache (so nothing needs measuring)."""
+    try:
+        passing = [c for c in candidates(run) if c.passed]
+        dev = device()
+        key = device_key({"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing},
+                          "threads": default_threads(dev["cores"])})
+    except (EdgetlError, OSError):
+        return False
+    return key in _load_cache().get("choices", {})

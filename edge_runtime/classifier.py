@@ -197,6 +197,17 @@ class Classifier:
         self._batch_dynamic = inp.shape_signature[:1] == (-1,)
         self._batch = int(inp.shape[0])
 
+    @classmethod
+    def from_run(cls, run, mode: str | None = None, num_threads: int | None = None, **kwargs) -> "Classifier":
+        """The classifier of a run folder's fastest model that passed its parity gate, on this device
+        (measured once per device and remembered; see ``edge_runtime.choose``). ``mode`` forces one
+        (``"int8"``, ``"float16"``, ``"dynamic"``, ``"float32"``); ``num_threads`` overrides the thread
+        count the choice was measured with. Other keyword arguments go to ``Classifier``."""
+        from . import choose
+
+        path, threads = choose.resolve(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"))
+        return cls(path, num_threads=threads, **kwargs)
+
     # ---- input mapping, decided once
     def _setup_input(self):
         dt = self.input_dtype

@@ -295,9 +295,12 @@ def _check_runtime_flags(top_k=None, threads=None):
                           hint="e.g. --threads 2, or leave it out to use every core")
 
 
-def _classifier(model, threads, labels, backend, input_range, resize=None):
+def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
+    from edge_runtime import choose
     from edge_runtime.classifier import Classifier
 
+    model, threads = choose.resolve(model, mode=mode, threads=threads, backend=backend,
+                                    say=lambda m: print(m, file=sys.stderr, flush=True))
     clf = Classifier(model, num_threads=threads, labels=labels, backend=backend, input_range=input_range,
                      resize=resize, warn=False, cli=True)
     for note in clf.notes:
@@ -305,7 +308,12 @@ def _classifier(model, threads, labels, backend, input_range, resize=None):
     return clf
 
 
-ModelArg = typer.Argument(..., metavar="MODEL", show_default=False, help="A .tflite model.")
+ModelArg = typer.Argument(..., metavar="MODEL", show_default=False,
+                          help="A .tflite model, or a run folder: its fastest model that passed parity on this "
+                               "device (measured once, then remembered).")
+ModeOpt = typer.Option(None, "--mode", metavar="MODE",
+                       help="With a run folder: use its int8, float16, dynamic or float32 model instead of the "
+                            "fastest.")
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Classify image files and folders (table, JSON lines or CSV).")
@@ -321,6 +329,7 @@ def predict(
     resize: Optional[str] = typer.Option(None, "--resize", metavar="POLICY", help="Override the model's resize policy."),
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
+    mode: Optional[str] = ModeOpt,
 ):
     """Classify image files; folders are recursed.
 
@@ -334,7 +343,7 @@ def predict(
     if as_json and as_csv:
         raise EdgetlError("--json and --csv are exclusive", hint="pick one output format")
     _check_runtime_flags(top_k, threads)
-    clf = _classifier(model, threads, labels, backend, input_range, resize)
+    clf = _classifier(model, threads, labels, backend, input_range, resize, mode)
     fmt = "json" if as_json else "csv" if as_csv else "table"
     runtime_cmds.predict(clf, paths, top_k, fmt)
 
@@ -353,6 +362,7 @@ def camera(
     input_range: Optional[str] = InputRange,
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
+    mode: Optional[str] = ModeOpt,
 ):
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
@@ -360,18 +370,21 @@ def camera(
     if smooth < 1 or (max_frames is not None and max_frames < 1):
         raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
     _check_runtime_flags(top_k, threads)
-    clf = _classifier(model, threads, labels, backend, input_range)
+    clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
     summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()
     print(f"{s['frames']} frames in {s['seconds']:.1f}s: {s['mean_fps']:.1f} FPS mean, classify p50 "
           f"{s['latency_ms_p50']:.2f} ms, loop p50 {s['loop_ms_p50']:.2f} ms ({s['ended']})", file=sys.stderr)
 
 
-@app.command(cls=_PlainHelpCommand, short_help="Latency, FPS, size and memory of a model on this device.")
+@app.command(cls=_PlainHelpCommand, short_help="Latency on this device; for a run, which model is fastest.")
 def bench(
-    model: Path = ModelArg,
-    threads: str = typer.Option("1,2", "--threads", metavar="N,N...", show_default=False,
-                                help="Thread counts to measure (default 1,2)."),
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False,
+                                 help="A .tflite model, or a run folder: every model of it that passed parity, "
+                                      "ranked, and the choice remembered for this device."),
+    threads: Optional[str] = typer.Option(None, "--threads", metavar="N,N...", show_default=False,
+                                          help="Thread counts to measure (default 1,2 for a model; for a run 1, 2, "
+                                               "4... up to the cores)."),
     runs: int = typer.Option(200, "--runs", metavar="N", show_default=False,
                              help="Timed runs per thread count (default 200)."),
     warmup: int = typer.Option(20, "--warmup", metavar="N", show_default=False, help="Untimed runs first (default 20)."),
@@ -382,10 +395,15 @@ def bench(
     input_range: Optional[str] = InputRange,
     backend: Optional[str] = Backend,
 ):
-    """Latency (p50/p90/p99), FPS, size, peak memory and backend, per thread count."""
+    """Latency (p50/p90/p99), FPS, size, peak memory and backend, per thread count. Given a run folder:
+    every model of the run that passed its parity gate, measured in one interleaved loop at each thread
+    count, ranked, and the fastest remembered as this device's choice (predict and camera use it)."""
     from . import runtime_cmds
 
-    runtime_cmds.bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend)
+    if model.is_dir():
+        runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
+    else:
+        runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend)
 
 
 @app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")

@@ -157,6 +157,47 @@ def bench(model, threads, runs, warmup, image, as_json, labels, input_range, bac
           f"peak memory {res['peak_rss_mb']:.0f} MB")
 
 
+def bench_run(run, threads, runs, warmup, image, as_json, backend):
+    """`edgetl bench RUN`: rank the run's passing models on this device, remember the fastest."""
+    from edge_runtime import bench as bench_mod
+    from edge_runtime import choose
+
+    thread_counts = _parse_threads(threads) if threads else None
+    if runs < 1 or warmup < 0:
+        raise EdgetlError("--runs must be at least 1 and --warmup at least 0", hint="e.g. --runs 200 --warmup 20")
+    if not choose.is_run_folder(run):
+        raise EdgetlError(f"{run} is a folder but not an edgetl run with TFLite models",
+                          hint="pass a .tflite model, or a run folder made by `edgetl build`")
+    cores = bench_mod.available_cores()
+    if thread_counts and any(t > cores for t in thread_counts):
+        ui.warn(f"--threads above the {cores} core(s) this process may use measure threads competing for cores")
+    frame = None
+    if image is not None:
+        import cv2
+
+        frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
+    ch = choose.choose(run, threads=thread_counts, backend=backend, runs=runs, warmup=warmup, remeasure=True,
+                       frame=frame)
+    sizes = {c.mode: c.size_bytes for c in choose.candidates(run)}
+    if as_json:
+        print(json.dumps({"run": str(run), "choice": ch.as_dict(), "sizes": sizes, "cache": str(choose.cache_file())}))
+        return
+    rows = []
+    for i, r in enumerate(ch.ranking):
+        rows.append([i + 1, r["mode"], r["threads"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                     f"{1000.0 / r['p50_ms']:.0f}" if r["p50_ms"] > 0 else "-", f"{sizes.get(r['mode'], 0) / 2**20:.2f}",
+                     f"{r['p50_ms'] / ch.ranking[0]['p50_ms']:.2f}x"])
+    print(f"run      {run}: models that passed parity, measured in one interleaved loop ({runs} rounds)")
+    print(f"device   {ch.device.get('cpu')} ({ch.device.get('machine')}, {ch.device.get('cores')} cores; "
+          f"{', '.join(ch.device.get('flags', [])) or 'no listed SIMD flags'}), {ch.device.get('backend')}")
+    print(ui.table(rows, ["rank", "model", "threads", "p50 ms", "p90 ms", "FPS@p50", "size MB", "vs best"],
+                   ["<", "<", ">", ">", ">", ">", ">", ">"]))
+    for sk in ch.skipped:
+        print(f"not ranked: {sk['mode']} (parity gate failed: {sk['reason']})")
+    print(f"choice   {Path(ch.path).name} at {ch.threads} thread(s), {ch.p50_ms:.2f} ms p50; remembered for this "
+          f"device in {choose.cache_file()} (`edgetl predict {run} ...` and `edgetl camera {run}` use it)")
+
+
 def _fmt_list(values, n: int = 3) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values[:n]) + (", ..." if len(values) > n else "") + "]"
 
