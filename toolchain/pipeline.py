@@ -36,13 +36,13 @@ def _dataset_section(ds) -> dict:
 
 def do_train(data_dir, out, cfg, force: bool) -> tuple:
     """Stage 1 into a new run folder. Returns (run, model, dataset, report)."""
+    t0 = time.perf_counter()
     modeling.import_keras()  # fail early (exit 2) when TensorFlow is missing
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written
     runfolder.check(out, force)  # so does an existing run without --force
     base, weights = modeling.make_base(cfg)  # and missing or undownloadable weights
     fresh = not Path(out).exists()
     run = runfolder.prepare(out, force)
-    t0 = time.perf_counter()
     runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": _now(), "status": "running",
                                                "config": cfg.as_dict()})
     try:
@@ -68,13 +68,15 @@ def do_train(data_dir, out, cfg, force: bool) -> tuple:
     )
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
             f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
-    report.plot_curves(run, rep)
+    rep = report.add_timing(run, "train", time.perf_counter() - t0)
+    report.write(run, rep)
     ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
     return run, model, ds, rep
 
 
 def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None, ds=None) -> tuple:
     """Stage 2 on an existing run (from its stage-1 model). Returns (model, dataset, report)."""
+    t0 = time.perf_counter()
     modeling.import_keras()
     run = Path(run)
     rep = runfolder.read_report(run)
@@ -106,21 +108,29 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, model=None,
     )
     ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
             f"test accuracy {ev['test_accuracy']:.4f}")
-    report.plot_curves(run, rep)
+    rep = report.add_timing(run, "finetune", time.perf_counter() - t0)
+    report.write(run, rep)
     return model, ds, rep
 
 
-def do_build(data_dir, out, cfg, force: bool) -> dict:
-    """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report."""
-    from . import convert
+def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False) -> dict:
+    """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report. The cache of
+    decoded photos is deleted at the end unless ``keep_cache`` or a gate failed (a later `quantize` would
+    need it); later commands rebuild it when needed."""
+    from . import clean, convert
 
-    t0 = time.perf_counter()
     run, model, ds, rep = do_train(data_dir, out, cfg, force)
     model, ds, rep = do_finetune(run, {}, force=True, model=model, ds=ds)
+    t0 = time.perf_counter()
     results = convert.quantize_run(run, cfg, model=model, ds=ds)
-    total = time.perf_counter() - t0
-    rep = runfolder.update_report(run, timing={"total_seconds": round(total, 1)},
-                                  status="built" if all(r["passed"] for r in results.values()) else "gate-failed")
+    report.add_timing(run, "quantize", time.perf_counter() - t0, modes=list(results))
+    passed = all(r["passed"] for r in results.values())
+    rep = runfolder.update_report(run, status="built" if passed else "gate-failed")
+    if passed and not keep_cache:
+        del ds  # the memory map
+        freed = clean.remove_cache(run)
+        ui.info(f"deleted {run / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands decode them "
+                "again when needed; --keep-cache keeps it)")
     report.write(run, rep)
     report.print_summary(rep)
     failed = [m for m, r in results.items() if not r["passed"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,12 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
         if resize and resize != cfg.resize:
             raise EdgetlError(f"--resize {resize} differs from the run's resize policy {cfg.resize}",
                               hint="a run's model is converted with the preprocessing it was trained with")
+        t0 = time.perf_counter()
         results = convert.quantize_run(run_dir, cfg, calibration_dir=calibration, force=force)
         from . import report
 
-        report.write(run_dir, runfolder.read_report(run_dir))  # report.md shows the new models too
+        rep = report.add_timing(run_dir, "quantize", time.perf_counter() - t0, modes=list(results))
+        report.write(run_dir, rep)  # report.md shows the new models (and the time) too
         for r in results.values():
             r["out"] = str(run_dir / r["path"])
         return results
