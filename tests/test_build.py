@@ -20,6 +20,7 @@ def test_build_exit_code_and_run_folder_contract(tiny_run):
     run, proc = tiny_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert f"deleted {run / 'cache'}/" in proc.stderr  # a successful build drops its cache (no --keep-cache)
     for name in ("split.json", "labels.txt", "model.keras", "stage1.keras", "report.json", "report.md",
                  "plots/training_curves.png", "plots/confusion_keras.png", "plots/size_accuracy_latency.png"):
         assert (run / name).is_file(), name
@@ -52,8 +53,8 @@ def test_build_gate_failure_exits_1_and_keeps_everything(tmp_path, tiny_data):
     rep = json.loads((run / "report.json").read_text())
     assert rep["status"] == "gate-failed" and rep["tflite"]["int8"]["passed"] is False
     assert rep["tflite"]["int8"]["reason"]
-    for name in ("model.keras", "model_int8.tflite", "model_int8.json", "report.md"):
-        assert (run / name).is_file(), name
+    for name in ("model.keras", "model_int8.tflite", "model_int8.json", "report.md", "cache/images.npy"):
+        assert (run / name).is_file(), name  # the cache too: a later quantize is likely
     assert "FAIL" in (run / "report.md").read_text()
 
 
@@ -157,9 +158,15 @@ def test_train_then_finetune(tmp_path, tiny_data):
     rep = json.loads((run / "report.json").read_text())
     assert "fine_tune" not in rep["stages"] and rep["keras"]["stage"] == "feature_extraction"
     assert not list(run.glob("*.tflite"))
+    md = (run / "report.md").read_text()  # train alone writes the report too
+    assert "## Training" in md and "- stage 1:" in md and "| train |" in md and "## TFLite" not in md
+    assert (run / "plots" / "training_curves.png").is_file() and (run / "cache" / "images.npy").is_file()
     r = run_cli("finetune", run, "--fine-tune-epochs", "1", "--fine-tune-from", "block_13_expand")
     assert r.returncode == 0, r.stderr[-2000:]
+    md = (run / "report.md").read_text()
+    assert "- stage 2: 1 of 1 epochs" in md and "| finetune |" in md
     rep = json.loads((run / "report.json").read_text())
+    assert [s["step"] for s in rep["timing"]["steps"]] == ["train", "finetune"]
     assert rep["stages"]["fine_tune"]["from_layer_name"] == "block_13_expand"
     assert rep["stages"]["fine_tune"]["epochs"] == 1
     r = run_cli("finetune", run)

@@ -135,6 +135,7 @@ def build(
     io: Optional[str] = IoType,
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep RUN/cache/ (the decoded photos) after a successful build; later commands rebuild it when needed."),
 ):
     """Everything: validate and split the photos, train (2 stages), convert to TFLite, check parity, report."""
     from . import config as config_mod
@@ -147,7 +148,7 @@ def build(
                          calibration_size=calibration_size, io=io, max_drop=max_drop, min_agreement=min_agreement)
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
-    pipeline.do_build(data_dir, out, cfg, force)
+    pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache)
     typer.echo(str(out))
 
 
@@ -281,6 +282,23 @@ def parity(
 
         raise GateFailed(f"parity gate failed: {result['reason']}",
                          hint="calibrate with more photos, use another mode, or relax --max-drop/--min-agreement")
+
+
+@app.command(cls=_PlainHelpCommand, short_help="Delete a run's regenerable bulk (photo cache, stage-1 model, logs).")
+def clean(
+    run: Path = typer.Argument(..., metavar="RUN", show_default=False, help="A run folder made by edgetl."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
+    force: bool = typer.Option(False, "--force", help="Delete the cache even when the data folder it was decoded from is gone."),
+):
+    """Delete a run's regenerable bulk (cache/, stage1.keras, logs/) and print what was freed; results stay."""
+    from . import clean as clean_mod
+    from . import runfolder
+
+    if dry_run:
+        clean_mod.clean(run, force=force, dry_run=True)
+        return
+    with runfolder.RunLock(run):  # never under a command that is using the cache
+        clean_mod.clean(run, force=force, dry_run=False)
 
 
 # ------------------------------------------------------------------ runtime verbs (no TensorFlow)

@@ -71,8 +71,9 @@ def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     elif mode != "float32":
         raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
+    label = f"  converting {mode}" + ("" if per_channel or mode != "int8" else " (per-tensor)")
     try:
-        with silenced(log_path):
+        with silenced(log_path, heartbeat=label):  # the converter is silent for up to a minute: say it is alive
             return bytes(conv.convert())
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -69,11 +69,11 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float) -> tuple:
         stages={"feature_extraction": section},
         history={"feature_extraction": _clean_history(history)},
         keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
-        timing={"train_seconds": round(time.perf_counter() - t0, 1)},
         status="trained",
     )
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
             f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
+    rep = report.add_timing(run, "train", time.perf_counter() - t0)
     return model, ds, rep
 
 
@@ -102,6 +102,7 @@ def do_train(data_dir, out, cfg, force: bool) -> Path:
 
 
 def _finetune_into(run: Path, cfg, model, ds, rep: dict) -> tuple:
+    t0 = time.perf_counter()
     model, section, history = train.stage2(model, ds, cfg)
     sha = _save_final(model, run, ds, cfg)
     ev = train.evaluate(model, ds, cfg)
@@ -119,6 +120,7 @@ def _finetune_into(run: Path, cfg, model, ds, rep: dict) -> tuple:
     )
     ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
             f"test accuracy {ev['test_accuracy']:.4f}")
+    rep = report.add_timing(run, "finetune", time.perf_counter() - t0)
     return model, ds, rep
 
 
@@ -136,33 +138,23 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None) -> Path:
         cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
         train.check_run_for_finetune(run)
         runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
-        t0 = time.perf_counter()
         with runfolder.Staged(run, fresh=False) as st:
             model = modeling.load(st.path / "stage1.keras")
             base, _, _ = modeling.parts(model)
             modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
             ds = data_mod.load(st.path)
             _, _, rep = _finetune_into(st.path, cfg, model, ds, rep)
-            rep = runfolder.update_report(st.path, timing=_add_time(rep, "finetune_seconds", t0))
             report.write(st.path, rep, name=run.name)
             st.commit("fine-tuned")
     return run
 
 
-def _add_time(rep: dict, key: str, t0: float) -> dict:
-    """The run's timing section with ``key`` added to the time spent so far (so the total stays true
-    after later commands)."""
-    timing = dict(rep.get("timing") or {})
-    timing[key] = round(timing.get(key, 0.0) + time.perf_counter() - t0, 1)
-    timing["total_seconds"] = round(sum(v for k, v in timing.items() if k.endswith("_seconds")
-                                        and k != "total_seconds"), 1)
-    return timing
-
-
-def do_build(data_dir, out, cfg, force: bool) -> dict:
+def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False) -> dict:
     """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report. The new run
-    replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept)."""
-    from . import convert
+    replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept). The
+    cache of decoded photos is deleted at the end unless ``keep_cache`` or a gate failed (a later
+    `quantize` would need it); later commands rebuild it when needed."""
+    from . import clean, convert
 
     out = Path(out)
     _precheck_new(data_dir, out, cfg)
@@ -174,16 +166,17 @@ def do_build(data_dir, out, cfg, force: bool) -> dict:
         with runfolder.Staged(out, fresh=True) as st:
             run = st.path
             model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0)
-            t1 = time.perf_counter()
             model, ds, rep = _finetune_into(run, cfg, model, ds, rep)
-            timing = dict(rep.get("timing") or {})
-            timing["finetune_seconds"] = round(time.perf_counter() - t1, 1)
             t2 = time.perf_counter()
             results = convert.quantize_run(run, cfg, model=model, ds=ds)
-            timing["quantize_seconds"] = round(time.perf_counter() - t2, 1)
-            timing["total_seconds"] = round(time.perf_counter() - t0, 1)
+            report.add_timing(run, "quantize", time.perf_counter() - t2, modes=list(results))
             ok = all(r["passed"] for r in results.values())
-            rep = runfolder.update_report(run, timing=timing, status="built" if ok else "gate-failed")
+            rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
+            if ok and not keep_cache:
+                del ds  # the memory map
+                freed = clean.remove_cache(run)
+                ui.info(f"deleted {out / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands decode "
+                        "them again when needed; --keep-cache keeps it)")
             report.write(run, rep, name=out.name)
             st.commit("built" if ok else "gate-failed")
     report.print_summary(rep)

@@ -80,11 +80,8 @@ def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict
         with runfolder.Staged(run_dir, fresh=False) as st:
             modeling.import_keras()
             results = convert.quantize_run(st.path, cfg, calibration_dir=calibration, force=force)
-            rep = runfolder.read_report(st.path)
-            from .pipeline import _add_time
-
-            rep = runfolder.update_report(st.path, timing=_add_time(rep, "quantize_seconds", t0))
-            report.write(st.path, rep, name=run_dir.name)  # report.md shows the new models too
+            rep = report.add_timing(st.path, "quantize", time.perf_counter() - t0, modes=list(results))
+            report.write(st.path, rep, name=run_dir.name)  # report.md shows the new models (and the time) too
             st.commit(rep.get("status") or "complete")
     for r in results.values():
         r["out"] = str(run_dir / r["path"])

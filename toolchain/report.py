@@ -1,11 +1,40 @@
 """The human report: RUN/report.md with tables and PNG plots (training curves, confusion matrices of the
-Keras model and of every TFLite model, size against accuracy against latency)."""
+Keras model and of every TFLite model, size against accuracy against latency), and report.json's
+``timing`` (the seconds of every step run on the run folder, and their sum).
+
+Sizes are in MB (10^6 bytes) everywhere in report.md and the summary."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder, ui
+
+
+def mb(nbytes) -> str:
+    """``1234567`` -> ``"1.23"`` (MB, 10^6 bytes: the one size unit of the report)."""
+    return f"{nbytes / 1e6:.2f}"
+
+
+def add_timing(run: Path, step: str, seconds: float, **extra) -> dict:
+    """Record that ``step`` (train, finetune, quantize) took ``seconds`` on this run. report.json's
+    ``timing`` keeps every step in order and ``total_seconds``, their sum, so the total stays true when a
+    later command (e.g. `edgetl quantize`) adds work to the run. Returns the updated report."""
+    rep = runfolder.read_report(run)
+    t = rep.get("timing") if isinstance(rep.get("timing"), dict) else {}
+    steps = [dict(x) for x in (t.get("steps") or []) if isinstance(x, dict)]
+    if not steps and t.get("total_seconds") is not None:  # a report written before per-step timing
+        steps = [{"step": "earlier steps", "seconds": float(t["total_seconds"])}]
+    steps.append({"step": step, "seconds": round(float(seconds), 1), **extra,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    timing = {"steps": steps, "total_seconds": round(sum(float(x.get("seconds") or 0) for x in steps), 1)}
+    return runfolder.update_report(run, timing=timing)
+
+
+def _step_name(x: dict) -> str:
+    modes = x.get("modes")
+    return f"{x.get('step')} ({', '.join(modes)})" if modes else str(x.get("step"))
 
 
 def _plt():
@@ -23,28 +52,118 @@ def _save(fig, path: Path):
     _plt().close(fig)
 
 
-def plot_curves(run: Path, rep: dict):
+def training_outcome(rep: dict) -> dict:
+    """What each training stage did, from report.json: epochs run and planned, the epoch whose weights
+    were kept (1-based, within the stage), whether early stopping ended it, and whether stage 2 was kept.
+    Runs recorded before ``kept_epoch`` existed fall back on the config (early stopping restores the epoch
+    of lowest val loss; without it the last epoch is kept)."""
+    import numpy as np
+
+    hist = rep.get("history") or {}
+    st = rep.get("stages") or {}
+    cfg = rep.get("config") or {}
+    out = {}
+    for key, planned_key, patience_key in (("feature_extraction", "epochs", "patience"),
+                                           ("fine_tune", "fine_tune_epochs", "fine_tune_patience")):
+        sec = st.get(key)
+        if not sec:
+            continue
+        h = hist.get(key) or {}
+        ran = len(h.get("loss") or [])
+        planned = cfg.get(planned_key) or ran
+        kept = sec.get("kept_epoch")
+        if kept is None and ran:
+            vl = h.get("val_loss") or []
+            kept = int(np.argmin(vl)) + 1 if (cfg.get(patience_key) or 0) > 0 and vl else ran
+        stopped = sec.get("stopped_early")
+        if stopped is None:
+            stopped = ran < planned
+        out[key] = {"ran": ran, "planned": planned, "kept_epoch": kept, "stopped_early": bool(stopped),
+                    "restored": bool(ran and kept and kept < ran)}
+    ft = out.get("fine_tune")
+    if ft is not None:
+        sec = st["fine_tune"]
+        ft["discarded"] = sec.get("kept") == "feature_extraction"
+        ft["reason"] = sec.get("reason")
+    return out
+
+
+def outcome_lines(rep: dict) -> list:
+    """One sentence per stage: epochs, early stopping, which weights were kept (plot caption and report.md)."""
+    o = training_outcome(rep)
+    lines = []
+    fe, ft = o.get("feature_extraction"), o.get("fine_tune")
+    if fe and fe["ran"]:
+        s = f"stage 1: {fe['ran']} of {fe['planned']} epochs"
+        s += " (early stopping)" if fe["stopped_early"] else ""
+        s += f"; weights of epoch {fe['kept_epoch']} kept"
+        s += " (lowest val loss)" if fe["restored"] or fe["stopped_early"] else ""
+        if ft and ft["discarded"] and ft["ran"]:
+            s += " and used as the final model"
+        lines.append(s)
+    if ft:
+        if not ft["ran"]:
+            lines.append(f"stage 2: skipped ({ft.get('reason') or 'no epochs'})")
+        else:
+            s = f"stage 2: {ft['ran']} of {ft['planned']} epochs" + (" (early stopping)" if ft["stopped_early"] else "")
+            if ft["discarded"]:
+                s += "; discarded (validation did not improve on stage 1): the stage-1 weights are kept"
+            else:
+                s += f"; weights of stage-2 epoch {ft['kept_epoch']} kept"
+                s += " (lowest val loss)" if ft["restored"] or ft["stopped_early"] else ""
+            lines.append(s)
+    return lines
+
+
+def curves_figure(rep: dict):
+    """The training-curves figure (None without a stage-1 history): loss and accuracy per epoch over both
+    stages, the kept epoch marked, a discarded stage 2 greyed out, and a caption saying what happened."""
     hist = rep.get("history") or {}
     h1, h2 = hist.get("feature_extraction") or {}, hist.get("fine_tune") or {}
     if not h1:
-        return
+        return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    o = training_outcome(rep)
+    fe, ft = o.get("feature_extraction") or {}, o.get("fine_tune") or {}
     n1 = len(h1.get("loss", []))
+    n2 = len(h2.get("loss", []))
+    discarded = bool(ft.get("discarded")) or not n2
+    kept_x = fe.get("kept_epoch") if discarded else n1 + (ft.get("kept_epoch") or n2)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
-            y1 = h1.get(prefix + key, [])
-            y2 = h2.get(prefix + key, [])
-            xs = list(range(1, len(y1) + len(y2) + 1))
-            ax.plot(xs, list(y1) + list(y2), style, marker="o", ms=3, label=("val " if prefix else "train ") + key)
-        if h2:
-            ax.axvline(n1 + 0.5, color="grey", lw=1)
-            ax.text(n1 + 0.6, ax.get_ylim()[1], " fine-tune", va="top", fontsize=8, color="grey")
-        ax.set_xlabel("epoch (stage 1, then stage 2)")
-        ax.set_title(title)
+            y = list(h1.get(prefix + key, [])) + list(h2.get(prefix + key, []))
+            xs = list(range(1, len(y) + 1))
+            line = ax.plot(xs, y, style, marker="o", ms=3, label=("val " if prefix else "train ") + key)[0]
+            if kept_x and prefix == "val_" and 1 <= kept_x <= len(y):
+                ax.plot([kept_x], [y[kept_x - 1]], marker="*", ms=14, color=line.get_color(), mec="black",
+                        mew=0.6, ls="none", zorder=5, label=f"kept weights (epoch {kept_x})")
+        if kept_x:
+            ax.axvline(kept_x, color="green", ls=":", lw=1.2)
+        # what happened, just above the frame (clear of the curves), right-aligned (clear of the title)
+        marks = ["stage 1: early stopping"] if fe.get("stopped_early") else []
+        if n2:
+            ax.axvspan(n1 + 0.5, n1 + n2 + 0.5, color="grey", alpha=0.15 if discarded else 0.06, lw=0)
+            marks.append("stage 2 (shaded): " + ("discarded" if discarded else "fine-tuned")
+                         + (", early stopping" if ft.get("stopped_early") else ""))
+        if marks:
+            ax.text(1.0, 1.01, "; ".join(marks), ha="right", va="bottom", fontsize=8, color="dimgrey",
+                    transform=ax.transAxes)
+        ax.set_xlabel("epoch (stage 1, then stage 2)" if n2 else "epoch")
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save(fig, run / "plots" / "training_curves.png")
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    caption = outcome_lines(rep)
+    if caption:
+        fig.text(0.01, 0.0, "\n".join(caption), ha="left", va="top", fontsize=8.5)
+    return fig
+
+
+def plot_curves(run: Path, rep: dict):
+    fig = curves_figure(rep)
+    if fig is not None:
+        _save(fig, run / "plots" / "training_curves.png")
 
 
 def plot_confusion(path: Path, cm, classes, title: str):
@@ -70,28 +189,70 @@ def plot_confusion(path: Path, cm, classes, title: str):
     _save(fig, path)
 
 
-def plot_tradeoff(run: Path, rep: dict):
-    """Accuracy (over the parity photos) against size, and against p50 latency at 1 thread."""
+def _fit_texts(fig, axes, texts, rounds: int = 3):
+    """Grow the axes' data limits until every text (annotations placed in points from their data point)
+    lies inside its axes, so no label is cut by or drawn over the frame."""
+    for _ in range(rounds):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        grew = False
+        for ax, t in texts:
+            box = t.get_window_extent(renderer).expanded(1.15, 1.4)
+            inner = ax.get_window_extent(renderer)
+            if (box.x0 >= inner.x0 and box.x1 <= inner.x1 and box.y0 >= inner.y0 and box.y1 <= inner.y1):
+                continue
+            inv = ax.transData.inverted()
+            ax.update_datalim(inv.transform([[box.x0, box.y0], [box.x1, box.y1]]))
+            grew = True
+        if not grew:
+            return
+        for ax in axes:
+            ax.autoscale_view()
+
+
+def tradeoff_figure(rep: dict):
+    """Accuracy (over the parity photos) against size, and against p50 latency at 1 thread (None
+    without TFLite accuracy figures). Labels sit inside the axes, the legend away from the points."""
     tfl = {m: r for m, r in (rep.get("tflite") or {}).items() if r.get("tflite_accuracy") is not None}
     if not tfl:
-        return
+        return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     k_acc = next(iter(tfl.values())).get("keras_accuracy")
+    texts = []
     for ax, key, label in ((axes[0], "size", "model size (MB)"), (axes[1], "latency", "p50 latency, 1 thread (ms)")):
-        for i, (mode, r) in enumerate(tfl.items()):
+        pts = []
+        for mode, r in tfl.items():
             x = r["size_bytes"] / 1e6 if key == "size" else (r.get("latency_ms") or {}).get("1", 0.0)
-            ax.scatter(x, r["tflite_accuracy"], s=50, zorder=3)
-            ax.annotate(mode, (x, r["tflite_accuracy"]), fontsize=8, zorder=4,
-                        xytext=((6, 8), (6, -12), (-44, 8), (-44, -12))[i % 4], textcoords="offset points")
+            pts.append((mode, float(x), float(r["tflite_accuracy"])))
+        xs = [p[1] for p in pts]
+        mid = (min(xs) + max(xs)) / 2
+        for i, (mode, x, y) in enumerate(pts):
+            ax.scatter(x, y, s=50, zorder=3)
+            right = x > mid  # label toward the middle of the plot
+            texts.append((ax, ax.annotate(mode, (x, y), fontsize=8, zorder=4, ha="right" if right else "left",
+                                          va="bottom" if i % 2 == 0 else "top", annotation_clip=False,
+                                          xytext=(-7 if right else 7, 6 if i % 2 == 0 else -6),
+                                          textcoords="offset points")))
         if k_acc is not None:
             ax.axhline(k_acc, color="grey", ls="--", lw=1, label="Keras model")
-            ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+        ax.margins(0.12)
     axes[0].set_ylabel(f"accuracy on {next(iter(tfl.values())).get('n')} photos")
     fig.suptitle("TFLite models: accuracy against size and latency (this machine)", fontsize=10)
-    _save(fig, run / "plots" / "size_accuracy_latency.png")
+    fig.tight_layout()
+    _fit_texts(fig, axes, texts)
+    if k_acc is not None:
+        for ax in axes:
+            ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_tradeoff(run: Path, rep: dict):
+    fig = tradeoff_figure(rep)
+    if fig is not None:
+        _save(fig, run / "plots" / "size_accuracy_latency.png")
 
 
 def _fmt(v, nd=4):
@@ -146,6 +307,8 @@ def write(run: Path, rep: dict, name: str | None = None):
         if ft:
             lines.append(f"| fine-tune from layer {ft.get('from_layer')} ({ft.get('from_layer_name', '')}) | "
                          f"{ft.get('epochs')} | {ft.get('seconds')} | {_fmt(ft.get('val_accuracy'))} | {ft.get('kept')} |")
+        lines.append("")
+        lines += [f"- {line}" for line in outcome_lines(rep)]
         lines += ["", "![training curves](plots/training_curves.png)", ""]
     if k:
         lines += ["## Keras model", "",
@@ -161,13 +324,13 @@ def write(run: Path, rep: dict, name: str | None = None):
         lines += ["## TFLite models", "",
                   f"Parity (drop, agreement, KL) is measured against the Keras model on {first.get('parity_data')}; "
                   "test accuracy on the test split alone.", "",
-                  "| mode | size (KB) | full-integer | test acc | drop (pt) | agreement | KL mean | p50 ms (1 thr) "
+                  "| mode | size (MB) | full-integer | test acc | drop (pt) | agreement | KL mean | p50 ms (1 thr) "
                   "| p50 ms (2 thr) | convert s | gate |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, r in tfl.items():
             lat = r.get("latency_ms") or {}
             lines.append(
-                f"| {mode} | {r['size_bytes'] / 1024:.0f} | {r.get('full_integer')} | {_fmt(r.get('test_accuracy'))} | "
+                f"| {mode} | {mb(r['size_bytes'])} | {r.get('full_integer')} | {_fmt(r.get('test_accuracy'))} | "
                 f"{_fmt(r.get('accuracy_drop_pt'), 2)} | {_fmt(r.get('agreement'))} | {_fmt(r.get('kl_mean'), 5)} | "
                 f"{_fmt(lat.get('1'), 2)} | {_fmt(lat.get('2'), 2)} | {_fmt(r.get('convert_seconds'), 1)} | "
                 f"{'pass' if r.get('passed') else 'FAIL: ' + str(r.get('reason'))} |")
@@ -180,8 +343,20 @@ def write(run: Path, rep: dict, name: str | None = None):
             if (run / "plots" / f"confusion_{mode}.png").is_file():
                 lines.append(f"![confusion {mode}](plots/confusion_{mode}.png)")
         lines.append("")
-    if rep.get("timing"):
-        lines += [f"Total time: {rep['timing'].get('total_seconds')} s", ""]
+    timing = rep.get("timing") or {}
+    if timing.get("steps"):
+        lines += ["## Time", "", "Wall time of each command run on this folder; the total is their sum.", "",
+                  "| step | seconds | finished |", "|---|---|---|"]
+        for x in timing["steps"]:
+            lines.append(f"| {_step_name(x)} | {_fmt(x.get('seconds'), 1)} | {x.get('finished', '')} |")
+        lines += [f"| **total** | **{_fmt(float(timing.get('total_seconds') or 0), 1)}** | |", ""]
+    elif timing.get("total_seconds") is not None:
+        lines += [f"Total time: {timing['total_seconds']} s", ""]
+    lines += ["## Files", "",
+              "`model.keras`, the `.tflite` models, `labels.txt`, `split.json` and the reports are the results. "
+              "`cache/` (the decoded photos, rebuilt from the data folder when a later command needs it), "
+              "`stage1.keras` (needed only to fine-tune again) and `logs/` (converter logs) can be deleted: "
+              "`edgetl clean RUN` (RUN: this folder) does it.", ""]
     runfolder.write_text(run / "report.md", "\n".join(lines))
 
 
@@ -195,13 +370,15 @@ def print_summary(rep: dict):
         rows = []
         for mode, r in tfl.items():
             lat = r.get("latency_ms") or {}
-            rows.append([mode, f"{r['size_bytes'] / 1024:.0f} KB", _fmt(r.get("test_accuracy")),
+            rows.append([mode, f"{mb(r['size_bytes'])} MB", _fmt(r.get("test_accuracy")),
                          _fmt(r.get("accuracy_drop_pt"), 2), _fmt(r.get("agreement")), _fmt(lat.get("1"), 2),
                          _fmt(lat.get("2"), 2), "pass" if r.get("passed") else "FAIL"])
         ui.info(ui.table(rows, ["model", "size", "test acc", "drop pt", "agreement", "p50 ms 1t", "p50 ms 2t", "gate"]))
         ui.info(f"(drop and agreement over {next(iter(tfl.values())).get('parity_data')})")
-    if rep.get("timing"):
-        ui.info(f"total time {rep['timing']['total_seconds']} s")
+    timing = rep.get("timing") or {}
+    if timing.get("total_seconds") is not None:
+        parts = ", ".join(f"{_step_name(x)} {x.get('seconds')} s" for x in timing.get("steps") or [])
+        ui.info(f"total time {timing['total_seconds']} s" + (f" ({parts})" if parts else ""))
 
 
 # ---- MediaPipe agreement (one block: the standard TFLite metadata carries no resize policy)

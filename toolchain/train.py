@@ -22,23 +22,58 @@ from . import data as data_mod
 from . import metrics, modeling, runfolder, ui
 
 
-def _epoch_logger(stage: str, total: int):
+def _progress(stage: str, total: int, val_steps: int):
+    """Keras callback: a progress bar per epoch over its training and validation batches (elapsed, rate,
+    ETA, running loss and accuracy; see ui.Progress), ending in the epoch's summary line."""
     _, keras = modeling.import_keras()
 
-    class EpochLog(keras.callbacks.Callback):
+    class StepProgress(keras.callbacks.Callback):
+        bar = None
+
         def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
+            steps = int((self.params or {}).get("steps") or 0)
+            self.bar = ui.Progress(steps + val_steps, f"{stage} epoch {epoch + 1}/{total}", unit=" steps")
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.bar is not None:
+                logs = logs or {}
+                self.bar.update(1, postfix=f"loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}")
+
+        def on_test_batch_end(self, batch, logs=None):
+            if self.bar is not None:
+                self.bar.update(1, postfix="validating")
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            bar = "#" * (epoch + 1) + "." * max(0, total - epoch - 1)
-            ui.info(
-                f"{stage} [{bar}] epoch {epoch + 1}/{total}  loss {logs.get('loss', 0):.4f}  "
-                f"acc {logs.get('accuracy', 0):.4f}  val_loss {logs.get('val_loss', 0):.4f}  "
-                f"val_acc {logs.get('val_accuracy', 0):.4f}  ({time.perf_counter() - self.t0:.1f}s)"
-            )
+            if self.bar is not None:
+                self.bar.postfix = (f"loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}  "
+                                    f"val_loss {logs.get('val_loss', 0):.4f}  val_acc {logs.get('val_accuracy', 0):.4f}")
+                self.bar.close()
+                self.bar = None
 
-    return EpochLog()
+        def on_train_end(self, logs=None):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StepProgress()
+
+
+def _early_stopping(keras, patience: int):
+    """Early stopping on val loss with the best epoch's weights restored (None when ``patience`` is 0)."""
+    if patience <= 0:
+        return None
+    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+
+
+def _outcome(es, history: dict, epochs: int) -> dict:
+    """Which epoch's weights the fit ended with (1-based), and whether early stopping ended it."""
+    ran = len(history.get("loss", []))
+    if es is not None and getattr(es, "best_weights", None) is not None:
+        kept = int(es.best_epoch) + 1  # EarlyStopping(restore_best_weights=True) restored it
+    else:
+        kept = ran
+    return {"kept_epoch": kept, "stopped_early": ran < epochs}
 
 
 def extract_features(extractor, images, rows: np.ndarray, desc: str, batch_size: int = 64) -> np.ndarray:
@@ -83,18 +118,19 @@ def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 6
     return np.concatenate(feats), np.asarray(labs, np.int64)
 
 
-def fit_head(head, x_train, y_train, x_val, y_val, cfg, stage="stage 1"):
-    """Train the head on features; early stopping on val loss with the best weights restored."""
+def fit_head(head, x_train, y_train, x_val, y_val, cfg, stage="stage 1", outcome: dict | None = None):
+    """Train the head on features; early stopping on val loss with the best weights restored.
+    ``outcome`` (a dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
     _, keras = modeling.import_keras()
     head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
                  metrics=["accuracy"])
     keras.utils.set_random_seed(cfg.seed)
-    cbs = [_epoch_logger(stage, cfg.epochs)]
-    if cfg.patience > 0:
-        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                    restore_best_weights=True))
+    es = _early_stopping(keras, cfg.patience)
+    cbs = [c for c in (es, _progress(stage, cfg.epochs, -(-len(x_val) // cfg.batch_size))) if c is not None]
     hist = head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.epochs, batch_size=cfg.batch_size,
                     shuffle=True, callbacks=cbs, verbose=0)
+    if outcome is not None:
+        outcome.update(_outcome(es, hist.history, cfg.epochs))
     return hist.history
 
 
@@ -127,7 +163,8 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
         f_aug, y_aug = augmented_features(extractor, ds.images, rows_tr, y_tr, cfg)
         f_tr, y_tr = np.concatenate([f_tr, f_aug]), np.concatenate([y_tr, y_aug])
     t_feat = time.perf_counter() - t0
-    history = fit_head(head, f_tr, y_tr, f_va, y_va, cfg)
+    outcome = {}
+    history = fit_head(head, f_tr, y_tr, f_va, y_va, cfg, outcome=outcome)
     seconds = time.perf_counter() - t0
     best = _best(history)
     section = {
@@ -136,6 +173,7 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
         "feature_seconds": round(t_feat, 2),
         "train_samples": len(y_tr),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
+        **outcome,
     }
     runfolder.save_with(run / "stage1.keras", lambda tmp: modeling.save(model, tmp, info))
     return model, section, history, weights_info
@@ -185,9 +223,10 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
     return Batches()
 
 
-def fine_tune_fit(model, ds, cfg):
+def fine_tune_fit(model, ds, cfg, outcome: dict | None = None):
     """Unfreeze from ``fine_tune_from`` (BatchNorm stays frozen), recompile at ``fine_tune_lr``, fit on the
-    cached photos with early stopping. Returns (first trainable layer index, history)."""
+    cached photos with early stopping. Returns (first trainable layer index, history); ``outcome`` (a
+    dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
     _, keras = modeling.import_keras()
     base, _, _ = modeling.parts(model)
     first = modeling.set_fine_tune(base, cfg.fine_tune_from)
@@ -198,11 +237,11 @@ def fine_tune_fit(model, ds, cfg):
     rows_va, y_va = ds.rows("val"), ds.labels("val")
     train_src = _batch_source(ds.images, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment)
     val_src = _batch_source(ds.images, rows_va, y_va, cfg, shuffle=False, augment=False)
-    cbs = [_epoch_logger("stage 2", cfg.fine_tune_epochs)]
-    if cfg.fine_tune_patience > 0:
-        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fine_tune_patience,
-                                                    restore_best_weights=True))
+    es = _early_stopping(keras, cfg.fine_tune_patience)
+    cbs = [c for c in (es, _progress("stage 2", cfg.fine_tune_epochs, len(val_src))) if c is not None]
     hist = model.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
+    if outcome is not None:
+        outcome.update(_outcome(es, hist.history, cfg.fine_tune_epochs))
     return first, hist.history
 
 
@@ -217,10 +256,8 @@ def fit_full_graph_frozen(model, ds, cfg):
     x_tr = np.asarray(ds.images[ds.rows("train")], np.float32)
     x_va = np.asarray(ds.images[ds.rows("val")], np.float32)
     keras.utils.set_random_seed(cfg.seed)
-    cbs = [_epoch_logger("classic", cfg.epochs)]
-    if cfg.patience > 0:
-        cbs.insert(0, keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                    restore_best_weights=True))
+    es = _early_stopping(keras, cfg.patience)
+    cbs = [c for c in (es, _progress("classic", cfg.epochs, -(-len(x_va) // cfg.batch_size))) if c is not None]
     hist = model.fit(x_tr, ds.labels("train"), validation_data=(x_va, ds.labels("val")), epochs=cfg.epochs,
                      batch_size=cfg.batch_size, shuffle=True, callbacks=cbs, verbose=0)
     return hist.history
@@ -235,7 +272,8 @@ def stage2(model, ds, cfg):
     base, _head, _ = modeling.parts(model)
     acc1, loss1 = _val_eval(model, ds, cfg)
     stage1_weights = model.get_weights()
-    first, history = fine_tune_fit(model, ds, cfg)
+    outcome = {}
+    first, history = fine_tune_fit(model, ds, cfg, outcome=outcome)
     acc2, loss2 = _val_eval(model, ds, cfg)
     improved = acc2 > acc1 + 1e-9 or (abs(acc2 - acc1) <= 1e-9 and loss2 < loss1)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -250,6 +288,7 @@ def stage2(model, ds, cfg):
         "stage1_val_accuracy": round(acc1, 4),
         "stage1_val_loss": round(loss1, 4),
         "kept": "fine_tune" if improved else "feature_extraction",
+        **outcome,  # kept_epoch: the stage-2 epoch the fine-tuned weights come from (if they are kept)
     }
     if not improved:
         model.set_weights(stage1_weights)

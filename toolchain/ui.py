@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import sys
 import time
 
@@ -31,19 +34,51 @@ def table(rows, headers, align=None) -> str:
     return "\n".join(lines)
 
 
-class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a few plain lines otherwise."""
+PLAIN_FRACTION = 0.10  # not a terminal: a line every 10% of the work ...
+PLAIN_SECONDS = 10.0  # ... and at least this many seconds apart (whichever is rarer), plus the final line
 
-    def __init__(self, total: int, desc: str, unit: str = "", stream=None):
-        self.total = max(int(total), 0)
+
+def env_seconds(name: str, default: float) -> float:
+    """A non-negative number of seconds from the environment variable ``name`` (``default`` if unset or bad)."""
+    try:
+        v = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return v if math.isfinite(v) and v >= 0 else default
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+class Progress:
+    """A progress bar on stderr with the elapsed time, the rate and an ETA.
+
+    On a terminal it is redrawn in place (10 times a second at most). Otherwise (a pipe, a log file, CI) it
+    prints plain lines: one each time another 10% is done, at least ``$EDGETL_PROGRESS_SECONDS`` (default
+    10) seconds after the previous line, whichever is rarer, and a final line when it is closed."""
+
+    def __init__(self, total: int, desc: str, unit: str = "", stream=None, min_interval: float | None = None):
+        self.total = max(int(total or 0), 0)
         self.desc = desc
         self.unit = unit
         self.n = 0
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
+        self.min_interval = (env_seconds("EDGETL_PROGRESS_SECONDS", PLAIN_SECONDS) if min_interval is None
+                             else min_interval)
         self._last_draw = 0.0
-        self._last_pct = -1
+        self._last_line = (self.start, 0)  # (time, n) of the last plain line
+        self._closed = False
         self.postfix = ""
 
     def update(self, k: int = 1, postfix: str | None = None):
@@ -54,9 +89,19 @@ class Progress:
         if self.tty:
             if now - self._last_draw > 0.1 or self.n >= self.total:
                 self._draw(now)
-        elif self.n >= self.total and self._last_pct < 100:  # not a terminal: one line when done
-            self._last_pct = 100
-            self._line(now)
+        elif self.total and self.n < self.total:  # the final line is close()'s
+            t, n = self._last_line
+            if (self.n - n) / self.total >= PLAIN_FRACTION and now - t >= self.min_interval:
+                self._last_line = (now, self.n)
+                self._line(now)
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left at the mean rate so far (None before the first step or when the total is unknown)."""
+        now = time.perf_counter() if now is None else now
+        el = now - self.start
+        if not self.total or self.n <= 0 or el <= 0:
+            return None
+        return max(self.total - self.n, 0) * el / self.n
 
     def _text(self, now):
         el = now - self.start
@@ -65,26 +110,45 @@ class Progress:
         filled = int(width * min(frac, 1.0))
         bar = "#" * filled + "." * (width - filled)
         rate = self.n / el if el > 0 else 0.0
+        if self.n < self.total:
+            eta = self.eta(now)
+            left = f"  ETA {duration(eta)}" if eta is not None else "  ETA ?"
+        else:
+            left = ""
         post = f"  {self.postfix}" if self.postfix else ""
-        return f"{self.desc:<22} [{bar}] {self.n}/{self.total}{self.unit} {el:5.1f}s {rate:6.1f}/s{post}"
+        return f"{self.desc:<22} [{bar}] {self.n}/{self.total}{self.unit}  {el:.1f}s  {rate:.1f}/s{left}{post}"
 
-    def _draw(self, now):
+    def _draw(self, now, full: bool = False):
+        """Redraw in place; cut to the terminal's width (a wrapped line cannot be redrawn) unless ``full``."""
         self._last_draw = now
-        self.stream.write("\r" + self._text(now)[:160] + "\033[K")
+        text = self._text(now)
+        if not full:
+            text = text[: max(20, self._columns() - 1)]
+        self.stream.write("\r" + text + "\033[K")
         self.stream.flush()
+
+    def _columns(self) -> int:
+        try:
+            cols = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            cols = 0
+        return cols or shutil.get_terminal_size((160, 24)).columns  # 0: a terminal that does not say
 
     def _line(self, now):
         self.stream.write(self._text(now) + "\n")
         self.stream.flush()
 
     def close(self):
+        now = time.perf_counter()
         if self.tty:
-            self._draw(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
-        elif self._last_pct < 100:
-            self._last_pct = 100
-            self._line(time.perf_counter())
+            if not self._closed:
+                self._closed = True
+                self._draw(now, full=True)
+                self.stream.write("\n")
+                self.stream.flush()
+        elif not self._closed:
+            self._closed = True
+            self._line(now)
 
     def __enter__(self):
         return self
