@@ -123,7 +123,7 @@ class _Archive:
     def __init__(self, z: zipfile.ZipFile, start: int):
         self.z = z
         self.start = start
-        self.infos = [i for i in z.infolist() if not i.is_dir()]
+        self.infos = [i for i in z.infolist() if not i.filename.endswith("/")]  # (is_dir() fails on "")
         self.names = [i.filename for i in self.infos]
 
     def info(self, name):
@@ -151,13 +151,13 @@ def _open_archive(data) -> _Archive | None:
         if len(infos) > MAX_MEMBERS:
             raise MetadataError(f"the archive holds {len(infos)} entries (at most {MAX_MEMBERS} are read)")
         start = min([i.header_offset for i in infos] + [z.start_dir])
+        if not 8 <= start <= len(data):
+            raise MetadataError("the ZIP archive at the end of the file points outside it")
+        return _Archive(z, start)
     except MetadataError:
         raise
     except Exception as e:  # zipfile raises many types on crafted input; all mean "unusable archive"
         raise MetadataError(f"the ZIP archive at the end of the file is corrupt ({_short(e)})") from None
-    if not 8 <= start <= len(data):
-        raise MetadataError("the ZIP archive at the end of the file points outside it")
-    return _Archive(z, start)
 
 
 def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:

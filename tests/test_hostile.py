@@ -68,7 +68,7 @@ def fast_run_template(tmp_path_factory, tiny_data):
     if not importlib_has_tf():
         pytest.skip("needs TensorFlow (pip install '.[train]')")
     run = tmp_path_factory.mktemp("hostile") / "template"
-    r = run_cli("build", tiny_data, "--out", run, *FAST, timeout=600)
+    r = run_cli("build", tiny_data, "--out", run, *FAST, "--keep-cache", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return run
 
@@ -361,6 +361,7 @@ def test_damaged_run_files(good_run, tiny_data):
 
 @requires_tf
 def test_quantize_out_leaves_the_run_alone_and_a_copied_model_knows_its_labels(good_run, tmp_path, tiny_data):
+    shutil.rmtree(good_run / "cache")  # as a build leaves it: the photos are decoded elsewhere, not in the run
     before = snapshot(good_run)
     out = tmp_path / "exported"
     r = run_cli("quantize", good_run / "model.keras", "--out", out, "--quantize", "float32", timeout=600)

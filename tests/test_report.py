@@ -213,6 +213,7 @@ def made_run(tmp_path):
     run = tmp_path / "run"
     data.build(photos, run, config.resolve(None, image_size=96, split=[0.5, 0.25, 0.25]))
     runfolder.write_json(run / "report.json", {"status": "trained"})
+    runfolder.write_marker(run, "trained")  # what makes it an edgetl run
     (run / "stage1.keras").write_bytes(b"k" * 1000)
     (run / "logs").mkdir()
     (run / "logs" / "convert_int8.log").write_text("converter chatter\n")
@@ -220,14 +221,17 @@ def made_run(tmp_path):
 
 
 def test_clean_refuses_a_folder_that_is_not_a_run(tmp_path, made_run):
+    from toolchain import runfolder
+
     run, photos = made_run
     before = sorted(p for p in photos.rglob("*"))
     r = run_cli("clean", photos, block_tf=True)
     assert r.returncode == 2 and "not an edgetl run folder" in r.stderr and "hint:" in r.stderr
     assert sorted(p for p in photos.rglob("*")) == before
-    (run / "report.json").unlink()  # half a run: split.json alone is not enough
+    (run / ".edgetl-run").unlink()  # without edgetl's marker, split.json and report.json are not enough
     r = run_cli("clean", run, block_tf=True)
     assert r.returncode == 2 and (run / "cache" / "images.npy").is_file()
+    runfolder.write_marker(run, "trained")
     r = run_cli("clean", tmp_path / "nothere", block_tf=True)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 

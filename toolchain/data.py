@@ -383,7 +383,7 @@ def _write_split(ds: Dataset, run_dir: Path, cfg):
     runfolder.write_text(run_dir / "labels.txt", "\n".join(ds.classes) + "\n")
 
 
-def load(run_dir) -> Dataset:
+def load(run_dir, rebuild_into=None) -> Dataset:
     """The dataset of an existing run, from split.json and the cache (re-decoded if the cache is gone)."""
     run_dir = Path(run_dir)
     sp = run_dir / "split.json"
@@ -398,7 +398,8 @@ def load(run_dir) -> Dataset:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise EdgetlError(f"{sp} is damaged (fields missing)",
                           hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
-    idx_path, img_path = run_dir / "cache" / "index.json", run_dir / "cache" / "images.npy"
+    cache_dir = run_dir / "cache"
+    idx_path, img_path = cache_dir / "index.json", cache_dir / "images.npy"
     rows, images = None, None
     try:
         idx = json.loads(idx_path.read_text()) if idx_path.is_file() else None
@@ -414,7 +415,10 @@ def load(run_dir) -> Dataset:
     if rows is None:
         if img_path.exists():
             ui.warn(f"the photo cache of {run_dir} is missing or damaged: decoding the photos again")
-        rows = _rebuild_cache(run_dir, doc)
+        if rebuild_into is not None:  # the run is only read: decode into another folder
+            cache_dir = Path(rebuild_into)
+            img_path = cache_dir / "images.npy"
+        rows = _rebuild_cache(cache_dir, doc)
         images = np.load(img_path, mmap_mode="r")
     try:
         files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
@@ -425,11 +429,11 @@ def load(run_dir) -> Dataset:
                    doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
 
 
-def _rebuild_cache(run_dir: Path, doc: dict) -> dict:
+def _rebuild_cache(cache_dir: Path, doc: dict) -> dict:
     data_dir = Path(doc["data_dir"])
     items = [rel for s in doc["files"].values() for rel, _ in s]
     size, policy = doc["image_size"], doc["resize"]
-    tmp = run_dir / "cache" / "images.u8.tmp"
+    tmp = cache_dir / "images.u8.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     images = create_cache(tmp, (max(len(items), 1), size, size, 3))
     with ui.Progress(len(items), "re-decoding photos") as bar:
@@ -442,9 +446,9 @@ def _rebuild_cache(run_dir: Path, doc: dict) -> dict:
             bar.update()
     images.flush()
     del images
-    runfolder.replace_file(tmp, run_dir / "cache" / "images.npy")
+    runfolder.replace_file(tmp, cache_dir / "images.npy")
     rows = {rel: r for r, rel in enumerate(items)}
-    runfolder.write_json(run_dir / "cache" / "index.json", {"image_size": size, "resize": policy, "rows": rows})
+    runfolder.write_json(cache_dir / "index.json", {"image_size": size, "resize": policy, "rows": rows})
     return rows
 
 
