@@ -439,3 +439,83 @@ def test_file_names_too_long_for_the_filesystem(verb, tmp_path):
     args = {"predict": [long, tmp_path], "info": [long], "camera": [long, "--headless"], "bench": [long]}[verb]
     r = run_cli(verb, *args, block_tf=True, timeout=60)
     assert_user_error(r, "File name too long")
+
+
+# ------------------------------------------------------------------ 7. hostile models through the CLI
+
+
+def _crafted_models(test_models, out):
+    """Models whose metadata lies, bloats or is mangled: crafted JSON, a zip bomb, encrypted and unknown-
+    compression members, and seeded random mutations of the archive and of the ModelMetadata flatbuffer."""
+    import io
+    import random
+    import zipfile
+
+    from edge_runtime import metadata, tflite_format
+
+    data = (test_models / "edgetl_uint8.tflite").read_bytes()
+    flat, _ = metadata.split(data)
+
+    def archive(members, compression=zipfile.ZIP_STORED):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=compression) as z:
+            for name, payload in members:
+                z.writestr(name, payload)
+        return flat + buf.getvalue()
+
+    good = json.loads(metadata.read(data) and json.dumps(metadata.read(data)))
+    cases = {}
+    for field, value in (("input", "rgb"), ("labels", 5), ("labels", ["a"]), ("output", [1])):
+        cases[f"json-{field}"] = archive([("edgetl/metadata.json", json.dumps({**good, field: value}))])
+    bad_range = dict(good, input=dict(good["input"], value_range=[1]))
+    cases["json-value-range"] = archive([("edgetl/metadata.json", json.dumps(bad_range))])
+    cases["json-nested"] = archive([("edgetl/metadata.json", "[" * 100000 + "]" * 100000)])
+    cases["json-nan"] = archive([("edgetl/metadata.json", json.dumps(good).replace('"total": 16', '"total": NaN'))])
+    cases["zip-bomb"] = archive([("edgetl/metadata.json", b" " * (64 << 20))], zipfile.ZIP_DEFLATED)
+    enc = bytearray(archive([("edgetl/metadata.json", json.dumps(good))]))
+    i = enc.rfind(b"PK\x01\x02")
+    enc[i + 8] |= 1  # the central directory says: encrypted
+    cases["zip-encrypted"] = bytes(enc)
+    odd = bytearray(archive([("edgetl/metadata.json", json.dumps(good))]))
+    for sig, off in ((b"PK\x01\x02", 10), (b"PK\x03\x04", 8)):
+        j = odd.rfind(sig)
+        odd[j + off] = 99  # compression method 99
+    cases["zip-method-99"] = bytes(odd)
+    rng = random.Random(1234)
+    structure = tflite_format.parse_model(data)
+    entry = next(m for m in structure["metadata"] if m["name"] == "TFLITE_METADATA")
+    mm_start, mm_len = structure["buffer_spans"][entry["buffer"]]
+    for k in range(12):
+        b = bytearray(data)
+        lo, hi = (len(flat), len(data)) if k % 2 else (mm_start, mm_start + mm_len)
+        for _ in range(1 + k):
+            b[rng.randrange(lo, hi)] = rng.randrange(256)
+        cases[f"mutated-{'archive' if k % 2 else 'modelmetadata'}-{k}"] = bytes(b)
+    out.mkdir()
+    for name, blob in cases.items():
+        (out / f"{name}.tflite").write_bytes(blob)
+    return sorted(out.glob("*.tflite"))
+
+
+def test_hostile_models_never_crash_or_bloat_the_runtime(test_models, tmp_path):
+    """Every crafted or mutated model: `info` and `predict` end with exit 0 (bad metadata ignored, with a
+    warning saying why) or 2 (the model itself is unusable), never a traceback, never a hang."""
+    from PIL import Image
+
+    from conftest import colour_image
+
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(colour_image("red", __import__("numpy").random.default_rng(0), (80, 100))).save(photo)
+    models = _crafted_models(test_models, tmp_path / "models")
+    assert len(models) >= 20
+    warned = 0
+    for m in models:
+        for args in (["info", m], ["predict", m, photo, "--labels", test_models / "labels3.txt"]
+                     if (test_models / "labels3.txt").is_file() else ["predict", m, photo]):
+            r = run_cli(*args, block_tf=True, timeout=60)
+            assert "Traceback" not in r.stderr, (m.name, r.stderr[-2000:])
+            assert r.returncode in (0, 2), (m.name, r.returncode, r.stderr[-2000:])
+            if r.returncode == 2:
+                assert_user_error(r)
+            warned += "warning:" in r.stderr
+    assert warned >= len(models) // 2  # bad metadata is reported, not silently dropped

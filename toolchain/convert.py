@@ -156,6 +156,9 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
     """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically."""
     log_dir.mkdir(parents=True, exist_ok=True)
     io_used = io if mode == "int8" else "float32"
+    if io_used == "int8":
+        ui.warn("an int8-input model runs in edge_runtime and the TFLite interpreters, but MediaPipe Tasks refuse "
+                "int8 inputs (uint8 or float32 only): for a MediaPipe app keep --io uint8 (the default)")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -372,7 +375,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         min_agreement=cfg.min_agreement, log_dir=target / "logs")
         results[mode] = r
         mediapipe_estimate(r, run / f"model_{mode}.tflite", ds)
-        ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
+        ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
                 f"{'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")

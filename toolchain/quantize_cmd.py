@@ -130,7 +130,7 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
                                     log_dir=out_dir / "logs")
             r["out"] = str(target)
             results[mode] = r
-            ui.info(f"  {mode}: {r['size_bytes'] / 1024:.0f} KB, {r['precision']}, agreement {r.get('agreement')}"
+            ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, agreement {r.get('agreement')}"
                     f" -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])} -> {target}")
     except BaseException:
         if made:
