@@ -195,11 +195,16 @@ class Context:
         """The chief's arrays on every worker (e.g. model weights)."""
         if self.n == 1:
             return arrays
-        out = []
-        for a in arrays:
-            a = np.asarray(a)
-            out.append(self.allgather(a.reshape(1, -1) if self.chief else np.zeros((0, a.size), a.dtype))[0]
-                       .reshape(a.shape))
+        arrays = [np.asarray(a) for a in arrays]
+        out = [None] * len(arrays)
+        for dtype in sorted({a.dtype.str for a in arrays}):  # one collective per dtype, not per array
+            which = [i for i, a in enumerate(arrays) if a.dtype.str == dtype]
+            flat = np.concatenate([arrays[i].ravel() for i in which]) if which else np.zeros(0, dtype)
+            got = self.allgather(flat.reshape(1, -1) if self.chief else np.zeros((0, flat.size), flat.dtype))[0].ravel()
+            at = 0
+            for i in which:
+                out[i] = got[at : at + arrays[i].size].reshape(arrays[i].shape)
+                at += arrays[i].size
         return out
 
     def together(self, fn):

@@ -30,19 +30,22 @@ from . import modeling, ui
 
 
 def batch_order(n: int, cfg, epochs: int):
-    """The global batches of each epoch as fit sees them from train._batch_source (a PyDataset) with
-    ``shuffle=True``: rows permuted by ``default_rng(seed)`` (again after every epoch), batch order shuffled
-    by Python's ``random`` seeded with ``seed`` (keras.utils.set_random_seed). Yields lists of index arrays."""
+    """The global batches of each epoch as Keras 3 ``fit`` takes them from train._batch_source (a PyDataset)
+    with ``shuffle=True``: rows permuted by ``default_rng(seed)`` at creation and again at every
+    ``on_epoch_end``, which fit also calls once before the first epoch (so epoch ``e`` sees permutation
+    ``e + 2`` and augments with epoch counter ``e + 1``); the batch order shuffled by Python's ``random``
+    seeded with ``seed`` (keras.utils.set_random_seed). Checked against fit in tests/test_distributed.py.
+    Yields (augmentation epoch, [index arrays])."""
     b = cfg.batch_size
     nb = (n + b - 1) // b
     perm = np.random.default_rng(cfg.seed)
     order = perm.permutation(n)
     shuffler = random.Random(cfg.seed)
-    for _ in range(epochs):
+    for e in range(epochs):
+        order = perm.permutation(n)
         idx = list(range(nb))
         shuffler.shuffle(idx)
-        yield [order[i * b : (i + 1) * b] for i in idx]
-        order = perm.permutation(n)
+        yield e + 1, [order[i * b : (i + 1) * b] for i in idx]
 
 
 def fine_tune_fit(model, ds, cfg):
@@ -74,7 +77,7 @@ def fine_tune_fit(model, ds, cfg):
     owner = images.owner
 
     def elements():
-        for epoch, batches in enumerate(batch_order(len(rows_tr), cfg, epochs)):
+        for epoch, batches in batch_order(len(rows_tr), cfg, epochs):
             for bidx in batches:
                 rows, labels = rows_tr[bidx], y_tr[bidx]
                 keep = owner[rows] == rank
