@@ -174,7 +174,7 @@ print(json.dumps({"fit": seen[-4 * nb:], "ctl": mine}))
     r = run_python(code)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout.strip().splitlines()[-1])
-    assert [tuple(x) for x in doc["fit"]] == [(e, tuple(b)) for e, b in doc["ctl"]]
+    assert [(e, tuple(b)) for e, b in doc["fit"]] == [(e, tuple(b)) for e, b in doc["ctl"]]
     assert len({tuple(b) for _, b in doc["ctl"]}) == 20  # shuffled every epoch
 
 
