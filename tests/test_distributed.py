@@ -213,3 +213,16 @@ def test_tf_config_parsing():
     f = distributed.plan("h1:1,h2:2", 0, None, env={})
     assert f.chief and f.tf_config == {"cluster": {"worker": ["h1:1", "h2:2"]}, "task": {"type": "worker", "index": 0}}
     assert distributed.plan(None, None, 1, env={}) is None and distributed.plan(None, None, None, env={}) is None
+
+
+@requires_tf
+def test_several_devices_of_one_machine_build_the_same_model(tmp_path, tiny_data, dist_pair):
+    """MirroredStrategy over two logical CPUs (as over two GPUs): the same custom loop, the same model."""
+    one = dist_pair[0]
+    run = tmp_path / "run"
+    r = run_cli("build", tiny_data, "--out", run, *DIST_FLAGS, "--devices", "cpu:0,cpu:1", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads((run / "report.json").read_text())["distribution"]
+    assert d["strategy"] == "MirroredStrategy" and d["workers"] == 1 and d["devices"] == ["CPU:0", "CPU:1"]
+    assert "[2 devices]" in r.stderr
+    assert _max_diff(one / "model.keras", run / "model.keras") <= 1e-5
