@@ -402,7 +402,10 @@ def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) 
         if ch.reader is not None:
             ch.reader.join(timeout=2)
     if not local:
-        return children[0].proc.returncode if children[0].proc.returncode >= 0 else 2
+        if children[0].proc.returncode < 0:
+            return _fail(f"this worker's TensorFlow process {children[0].describe_exit()}",
+                         "nothing of the previous run was changed; start the same command again on every worker")
+        return children[0].proc.returncode
     rc = chief.proc.returncode
     if rc < 0:
         return _fail(f"the chief {chief.describe_exit()}", "nothing of the previous run was changed; run again")
@@ -411,5 +414,5 @@ def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) 
         ui.warn(", ".join(f"{ch.label} {ch.describe_exit()}" for ch in failed) + " after the chief had its data")
     if rc != 0 and failed and not any(line.startswith("error:") for ch in failed for line in ch.tail):
         for ch in failed:
-            ui.info(f"[{ch.label}] last lines:\n" + "\n".join(ch.tail[-15:]))
+            ui.info(f"[{ch.label}] its last lines:\n" + "\n".join("  | " + line for line in ch.tail[-15:]))
     return rc
