@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,13 +100,17 @@ def main():
     flags = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "5", "--fine-tune-epochs", "2",
              "--batch-size", "16", "--seed", "3", "--min-agreement", "0", "--max-drop", "100"]
     rows = []
-    for w in [int(x) for x in a.workers.split(",")]:
-        r = run_build(data, tmp / f"run{w}", flags, w, a.timeout)
-        rows.append(r)
-        if not a.json:
-            print(f"{w} worker(s): {r['wall_seconds']:7.1f} s wall  (stage 1 {r['stage_seconds']['feature_extraction']} s, "
-                  f"stage 2 {r['stage_seconds']['fine_tune']} s); peak memory per process (MB): "
-                  f"{r['peak_mb_per_process']}; test accuracy {r['test_accuracy']}", flush=True)
+    try:
+        for w in [int(x) for x in a.workers.split(",")]:
+            rows.append(run_build(data, tmp / f"run{w}", flags, w, a.timeout))
+            r = rows[-1]
+            if not a.json:
+                print(f"{w} worker(s): {r['wall_seconds']:7.1f} s wall  (stage 1 "
+                      f"{r['stage_seconds']['feature_extraction']} s, stage 2 {r['stage_seconds']['fine_tune']} s); "
+                      f"peak memory per process (MB): {r['peak_mb_per_process']}; test accuracy {r['test_accuracy']}",
+                      flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
         print(json.dumps({"data": str(data), "cores": os.cpu_count(), "runs": rows}, indent=1))
     else:
