@@ -79,6 +79,19 @@ Threads = typer.Option(None, "--threads", metavar="N", help="Interpreter threads
 Backend = typer.Option(None, "--backend", metavar="NAME", help="ai_edge_litert, tflite_runtime or tensorflow (default the first installed).")
 Labels = typer.Option(None, "--labels", metavar="FILE", help="Label file (one per line) for a model without metadata.")
 InputRange = typer.Option(None, "--input-range", metavar="LOW,HIGH", help="LOW,HIGH values for pixels 0 and 255, for a float model without metadata.")
+ClusterOpt = typer.Option(None, "--cluster", metavar="HOST:PORT,...",
+                          help="Train on several machines: every worker's address, the chief first; run the same "
+                               "command on each with its --task-index (or give each a TF_CONFIG).")
+TaskIndex = typer.Option(None, "--task-index", metavar="I",
+                         help="This worker's position in --cluster (0 is the chief, which alone writes the run).")
+LocalWorkers = typer.Option(None, "--local-workers", metavar="N",
+                            help="Start N workers on this machine (127.0.0.1) and run the cluster path with them.")
+Devices = typer.Option(None, "--devices", metavar="LIST",
+                       help="Devices to train on: all (default: every GPU, else the CPU), cpu, gpu:0,gpu:1, or "
+                            "cpu:0,cpu:1 (the CPU split in two); several devices train with MirroredStrategy.")
+WorkerTimeout = typer.Option(None, "--worker-timeout", metavar="SECONDS",
+                             help="Several workers: how long to wait for them to join, and for each to reach a "
+                                  "step the others are at (default 600).")
 TopK = typer.Option(3, "--top-k", metavar="K", show_default=False, help="How many classes to report (default 3).")
 
 
@@ -98,6 +111,37 @@ def _train_flags(**kw) -> dict:
 
 def _default_out(data_dir: Path) -> Path:
     return Path("runs") / (data_dir.resolve().name or "run")
+
+
+_ARGV: list = []
+
+
+def _distributed(call, lock_target, cluster, task_index, local_workers, devices, worker_timeout, precheck=None):
+    """Run a training verb: in this process as always, as one TensorFlow worker started by a supervisor, or
+    as that supervisor (--local-workers, --cluster, TF_CONFIG; see distributed.py). Returns True when this
+    process should print the run folder (the chief, or a plain run)."""
+    import os
+
+    from . import distributed
+
+    if worker_timeout is not None and not 1 <= worker_timeout <= 86400:
+        raise EdgetlError(f"--worker-timeout {worker_timeout:g} is out of range", hint="use 1 to 86400 seconds")
+    settings = distributed.child_settings()
+    if settings is not None:  # a worker started by the supervisor below: TF_CONFIG says which
+        from . import collective
+
+        cl = distributed.parse_tf_config(os.environ.get("TF_CONFIG", ""))
+        ctx = collective.Context(cl, devices, settings.get("timeout", distributed.DEFAULT_TIMEOUT), settings)
+        call(dist=ctx)
+        return ctx.chief
+    plan = distributed.plan(cluster, task_index, local_workers)
+    if plan is None:
+        call(devices=devices)
+        return True
+    if precheck is not None:
+        precheck()
+    code = distributed.launch(plan, _ARGV, lock_target, worker_timeout or distributed.DEFAULT_TIMEOUT)
+    raise typer.Exit(code)
 
 
 # ------------------------------------------------------------------ training verbs
@@ -136,6 +180,11 @@ def build(
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
     keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep RUN/cache/ (the decoded photos) after a successful build; later commands rebuild it when needed."),
+    cluster: Optional[str] = ClusterOpt,
+    task_index: Optional[int] = TaskIndex,
+    local_workers: Optional[int] = LocalWorkers,
+    devices: Optional[str] = Devices,
+    worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Everything: validate and split the photos, train (2 stages), convert to TFLite, check parity, report."""
     from . import config as config_mod
@@ -148,8 +197,9 @@ def build(
                          calibration_size=calibration_size, io=io, max_drop=max_drop, min_agreement=min_agreement)
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
-    pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache)
-    typer.echo(str(out))
+    if _distributed(lambda **kw: pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache, **kw), out, cluster, task_index,
+                    local_workers, devices, worker_timeout, lambda: pipeline._precheck_new(data_dir, out, cfg)):
+        typer.echo(str(out))
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Stage 1: split the photos, train the head on the frozen base's features.")
@@ -171,6 +221,11 @@ def train(
     seed: Optional[int] = Seed,
     resize: Optional[str] = Resize,
     strict: Optional[bool] = Strict,
+    cluster: Optional[str] = ClusterOpt,
+    task_index: Optional[int] = TaskIndex,
+    local_workers: Optional[int] = LocalWorkers,
+    devices: Optional[str] = Devices,
+    worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Stage 1: split the photos and train the head on cached features of the frozen base."""
     from . import config as config_mod
@@ -181,8 +236,9 @@ def train(
                          split=split, seed=seed, resize=resize, strict=strict)
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
-    pipeline.do_train(data_dir, out, cfg, force)
-    typer.echo(str(out))
+    if _distributed(lambda **kw: pipeline.do_train(data_dir, out, cfg, force, **kw), out, cluster, task_index,
+                    local_workers, devices, worker_timeout, lambda: pipeline._precheck_new(data_dir, out, cfg)):
+        typer.echo(str(out))
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Stage 2: fine-tune the top of the base with a small learning rate.")
@@ -195,14 +251,20 @@ def finetune(
     fine_tune_epochs: Optional[int] = FineTuneEpochs,
     batch_size: Optional[int] = BatchSize,
     augment: Optional[bool] = Augment,
+    cluster: Optional[str] = ClusterOpt,
+    task_index: Optional[int] = TaskIndex,
+    local_workers: Optional[int] = LocalWorkers,
+    devices: Optional[str] = Devices,
+    worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Stage 2: unfreeze the top of the base and train with a small learning rate (BatchNorm frozen)."""
     from . import pipeline
 
     flags = dict(fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                  batch_size=batch_size, augment=augment)
-    pipeline.do_finetune(run, flags, force, config_file=config)
-    typer.echo(str(run))
+    if _distributed(lambda **kw: pipeline.do_finetune(run, flags, force, config_file=config, **kw), run, cluster,
+                    task_index, local_workers, devices, worker_timeout):
+        typer.echo(str(run))
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Convert to TFLite (int8 by default), check it, measure parity.")
@@ -487,6 +549,8 @@ def main(argv=None):
     import warnings
 
     warnings.showwarning = _one_line_warning
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     ex = _click_exceptions()
     no_args_help = getattr(ex, "NoArgsIsHelpError", None)
     command = typer.main.get_command(app)

@@ -332,9 +332,10 @@ def _scratch_cache() -> Path:
 
 
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
-                 dest: Path | None = None) -> dict:
+                 dest: Path | None = None, calibration=None, evalset: EvalSet | None = None) -> dict:
     """Convert a run's model.keras to each mode, with parity on the run's photos. The models go into the
-    run (and report.json is updated), or into ``dest`` (with labels.txt; the run is only read)."""
+    run (and report.json is updated), or into ``dest`` (with labels.txt; the run is only read).
+    ``calibration``, ``evalset`` (with ``p_keras``): made beforehand (by every worker of a distributed run)."""
     from . import data as data_mod
 
     run = Path(run)
@@ -352,7 +353,9 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     labels = ds.classes
     size = (cfg.image_size, cfg.image_size)
     keras_sha = runfolder.sha256_file(run / "model.keras")
-    if "int8" in modes:
+    if calibration is not None:
+        calib, calib_desc = calibration, "train split"
+    elif "int8" in modes:
         if calibration_dir:
             calib = calibration_from_dir(calibration_dir, size, cfg.resize, labels, cfg.calibration_size, cfg.seed)
             calib_desc = str(calibration_dir)
@@ -361,10 +364,13 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
             calib_desc = "train split"
     else:
         calib, calib_desc = None, None
-    evalset = run_evalset(ds, cfg.seed)
+    prepared = evalset is not None and evalset.p_keras is not None
+    if not prepared:
+        evalset = run_evalset(ds, cfg.seed)
     summary = ds.summary()
     summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else len(calib)}
-    evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
+    if not prepared:
+        evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
     results = {}
     for mode in modes:
         ui.info(f"converting to {mode} ...")

@@ -274,6 +274,27 @@ def build(data_dir, run_dir, cfg) -> Dataset:
             bar.update()
     images.flush()
     del images
+    try:
+        files, test_is_val = organise(data_dir, layout, classes, groups, all_files, ok_rows, skipped, cfg)
+    except EdgetlError:
+        tmp.unlink(missing_ok=True)
+        raise
+    runfolder.replace_file(tmp, cache_dir / "images.npy")
+    ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val)
+    _warn_quality(ds, hashes)
+    if test_is_val:
+        ds.notes.append("no test/ folder: the val split is also used as the test split")
+        ui.warn(ds.notes[-1])
+    _write_split(ds, run_dir, cfg)
+    ds.images = np.load(cache_dir / "images.npy", mmap_mode="r")
+    print_counts(ds)
+    return ds
+
+
+def organise(data_dir: Path, layout: str, classes: list, groups: dict, all_files: list, ok_rows: dict, skipped: list,
+             cfg) -> tuple:
+    """After decoding: report the skipped files, check every class is usable, split (seeded, stratified) or
+    take the given split. Returns (files, test_is_val); ``ok_rows``: relpath -> (label, group, row)."""
     if skipped:
         ui.warn(f"{len(skipped)} file(s) skipped:")
         for s in skipped[:20]:
@@ -281,7 +302,6 @@ def build(data_dir, run_dir, cfg) -> Dataset:
         if len(skipped) > 20:
             ui.info(f"  ... and {len(skipped) - 20} more (all listed in report.json)")
         if cfg.strict:
-            tmp.unlink(missing_ok=True)
             raise EdgetlError(f"{len(skipped)} unreadable file(s) in {data_dir} (--strict)",
                               hint="fix or remove the files listed above, or run without --strict to skip them")
 
@@ -291,7 +311,6 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     for i, c in enumerate(classes):
         if not usable[i]:
             n_c = sum(1 for _, lab, _ in all_files if lab == i)
-            tmp.unlink(missing_ok=True)
             raise EdgetlError(f"class '{c}' has no readable photo ({n_c} file(s), all unreadable)",
                               hint=f"add readable photos to {c}/ or remove the folder")
 
@@ -321,16 +340,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
             if i not in have:
                 raise EdgetlError(f"class '{c}' has no usable photo in the {s} split",
                                   hint=f"add readable photos to {c}/ (for given splits: {s}/{c}/)")
-    runfolder.replace_file(tmp, cache_dir / "images.npy")
-    ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val)
-    _warn_quality(ds, hashes)
-    if test_is_val:
-        ds.notes.append("no test/ folder: the val split is also used as the test split")
-        ui.warn(ds.notes[-1])
-    _write_split(ds, run_dir, cfg)
-    ds.images = np.load(cache_dir / "images.npy", mmap_mode="r")
-    print_counts(ds)
-    return ds
+    return files, test_is_val
 
 
 def _warn_quality(ds: Dataset, hashes: dict):
@@ -400,7 +410,7 @@ def load(run_dir, rebuild_into=None) -> Dataset:
                           hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
     cache_dir = run_dir / "cache"
     idx_path, img_path = cache_dir / "index.json", cache_dir / "images.npy"
-    rows, images = None, None
+    rows, images, idx = None, None, None
     try:
         idx = json.loads(idx_path.read_text()) if idx_path.is_file() else None
         if isinstance(idx, dict) and idx.get("image_size") == size and idx.get("resize") == doc["resize"] \
@@ -413,7 +423,10 @@ def load(run_dir, rebuild_into=None) -> Dataset:
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         rows, images = None, None  # a damaged or truncated cache is rebuilt, as a missing one
     if rows is None:
-        if img_path.exists():
+        if isinstance(idx, dict) and isinstance(idx.get("shard"), dict):  # made by several workers (collective.py)
+            ui.info(f"the photo cache of {run_dir} holds the chief's shard only (the run was made by "
+                    f"{idx['shard'].get('workers')} workers): decoding the photos")
+        elif img_path.exists():
             ui.warn(f"the photo cache of {run_dir} is missing or damaged: decoding the photos again")
         if rebuild_into is not None:  # the run is only read: decode into another folder
             cache_dir = Path(rebuild_into)

@@ -69,12 +69,30 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float) -> tuple:
         stages={"feature_extraction": section},
         history={"feature_extraction": _clean_history(history)},
         keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
+        distribution=_plain_distribution(),
         status="trained",
     )
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
             f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
     rep = report.add_timing(run, "train", time.perf_counter() - t0)
     return model, ds, rep
+
+
+def _plain_distribution() -> dict:
+    from . import collective
+
+    return collective.plain_distribution()
+
+
+def _several_devices(devices):
+    """A Context for MirroredStrategy when this one process should train on several devices (--devices,
+    or several visible GPUs); None keeps the one-process path (a single GPU is simply used)."""
+    from . import collective
+
+    if not collective.wants_strategy(devices):
+        collective.select_devices(devices)
+        return None
+    return collective.Context(None, devices)
 
 
 def _make_base(cfg, check_fine_tune: bool):
@@ -84,13 +102,21 @@ def _make_base(cfg, check_fine_tune: bool):
     return base, weights
 
 
-def do_train(data_dir, out, cfg, force: bool) -> Path:
-    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end)."""
+def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path:
+    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end).
+    ``dist``: this process is one worker of a cluster (dist_pipeline.py)."""
+    from . import dist_pipeline
+
+    if dist is not None:
+        return dist_pipeline.do_train(data_dir, out, cfg, force, dist)
     out = Path(out)
     _precheck_new(data_dir, out, cfg)
     with runfolder.RunLock(out):
         runfolder.check_new(out, force, data_dir)
         modeling.import_keras()  # TensorFlow only now: every cheap check has passed
+        ctx = _several_devices(devices)
+        if ctx is not None:
+            return dist_pipeline.do_train(data_dir, out, cfg, force, ctx)
         t0 = time.perf_counter()
         base, weights = _make_base(cfg, check_fine_tune=False)
         with runfolder.Staged(out, fresh=True) as st:
@@ -124,43 +150,62 @@ def _finetune_into(run: Path, cfg, model, ds, rep: dict) -> tuple:
     return model, ds, rep
 
 
-def do_finetune(run, cfg_flags: dict, force: bool, config_file=None) -> Path:
+def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, dist=None, devices=None) -> Path:
     """Stage 2 on an existing run (from its stage-1 model), replacing the run only when it ends."""
+    from . import dist_pipeline
+
+    if dist is not None:
+        return dist_pipeline.do_finetune(run, cfg_flags, force, config_file, dist)
     run = Path(run)
     with runfolder.RunLock(run):
-        runfolder.check_existing(run)
-        rep = runfolder.read_report(run)
-        if not rep or "stages" not in rep:
-            raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
-                              hint="run `edgetl train DATA_DIR --out RUN` first")
-        if "fine_tune" in rep["stages"] and not force:
-            raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
-        cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
-        train.check_run_for_finetune(run)
-        runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
-        with runfolder.Staged(run, fresh=False) as st:
-            model = modeling.load(st.path / "stage1.keras")
-            base, _, _ = modeling.parts(model)
-            modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
-            ds = data_mod.load(st.path)
-            _, _, rep = _finetune_into(st.path, cfg, model, ds, rep)
-            report.write(st.path, rep, name=run.name)
-            st.commit("fine-tuned")
+        if devices is not None:
+            modeling.import_keras()
+            ctx = _several_devices(devices)
+            if ctx is not None:
+                return dist_pipeline.do_finetune(run, cfg_flags, force, config_file, ctx)
+        return _finetune_locked(run, cfg_flags, force, config_file)
+
+
+def _finetune_locked(run: Path, cfg_flags: dict, force: bool, config_file=None) -> Path:
+    runfolder.check_existing(run)
+    rep = runfolder.read_report(run)
+    if not rep or "stages" not in rep:
+        raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
+                          hint="run `edgetl train DATA_DIR --out RUN` first")
+    if "fine_tune" in rep["stages"] and not force:
+        raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
+    cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
+    train.check_run_for_finetune(run)
+    runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
+    with runfolder.Staged(run, fresh=False) as st:
+        model = modeling.load(st.path / "stage1.keras")
+        base, _, _ = modeling.parts(model)
+        modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
+        ds = data_mod.load(st.path)
+        _, _, rep = _finetune_into(st.path, cfg, model, ds, rep)
+        report.write(st.path, rep, name=run.name)
+        st.commit("fine-tuned")
     return run
 
 
-def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False) -> dict:
+def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=None, devices=None) -> dict:
     """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report. The new run
     replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept). The
     cache of decoded photos is deleted at the end unless ``keep_cache`` or a gate failed (a later
-    `quantize` would need it); later commands rebuild it when needed."""
-    from . import clean, convert
+    `quantize` would need it); later commands rebuild it when needed. ``dist``: this process is one
+    worker of a cluster (dist_pipeline.py)."""
+    from . import clean, convert, dist_pipeline
 
+    if dist is not None:
+        return dist_pipeline.do_build(data_dir, out, cfg, force, dist)
     out = Path(out)
     _precheck_new(data_dir, out, cfg)
     with runfolder.RunLock(out):
         runfolder.check_new(out, force, data_dir)
         modeling.import_keras()
+        ctx = _several_devices(devices)
+        if ctx is not None:
+            return dist_pipeline.do_build(data_dir, out, cfg, force, ctx)
         t0 = time.perf_counter()
         base, weights = _make_base(cfg, check_fine_tune=True)
         with runfolder.Staged(out, fresh=True) as st:

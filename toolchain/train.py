@@ -79,6 +79,9 @@ def _outcome(es, history: dict, epochs: int) -> dict:
 def extract_features(extractor, images, rows: np.ndarray, desc: str, batch_size: int = 64) -> np.ndarray:
     """Pooled base features for the cached photos ``rows`` (in that order). Every batch has the same
     shape (the last is padded), so the compiled graph is traced once."""
+    if getattr(images, "distributed", False):  # photos sharded over workers: each does its own, gathered
+        return images.map_rows(lambda im, r: extract_features(extractor, im, r, desc, batch_size), rows,
+                               (0, int(extractor.output.shape[-1])))
     rows = np.asarray(rows, np.int64)
     out = None
     with ui.Progress(len(rows), desc) as bar:
@@ -97,6 +100,11 @@ def extract_features(extractor, images, rows: np.ndarray, desc: str, batch_size:
 
 def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 64):
     """Features of ``augment_views`` random views of every training photo (seeded)."""
+    if getattr(images, "distributed", False):  # photos sharded over workers: views of each worker's rows
+        dim, views = int(extractor.output.shape[-1]), cfg.augment_views
+        f = images.map_rows(lambda im, r: augmented_features(extractor, im, r, np.zeros(len(r)), cfg, batch_size)[0]
+                            .reshape(views, len(r), dim), rows, (views, 0, dim), axis=1)
+        return f.reshape(-1, dim), np.tile(np.asarray(labels, np.int64), views)
     feats, labs = [], []
     total = len(rows) * cfg.augment_views
     with ui.Progress(total, "augmented views") as bar:
@@ -187,6 +195,9 @@ def _val_eval(model, ds, cfg):
 
 
 def predict(model, images, rows, batch_size: int = 32) -> np.ndarray:
+    if getattr(images, "distributed", False):  # photos sharded over workers: each predicts its own, gathered
+        return images.map_rows(lambda im, r: predict(model, im, r, batch_size), rows,
+                               (0, int(model.output.shape[-1])))
     rows = np.asarray(rows, np.int64)
     out = []
     for s in range(0, len(rows), batch_size):
@@ -227,6 +238,10 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None):
     """Unfreeze from ``fine_tune_from`` (BatchNorm stays frozen), recompile at ``fine_tune_lr``, fit on the
     cached photos with early stopping. Returns (first trainable layer index, history); ``outcome`` (a
     dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
+    if getattr(ds.images, "distributed", False):  # several workers or devices: a custom loop (ctl.py)
+        from . import ctl
+
+        return ctl.fine_tune_fit(model, ds, cfg)  # (kept_epoch: not recorded)
     _, keras = modeling.import_keras()
     base, _, _ = modeling.parts(model)
     first = modeling.set_fine_tune(base, cfg.fine_tune_from)

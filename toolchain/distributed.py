@@ -1,0 +1,418 @@
+"""Running `edgetl build/train/finetune` on several workers: the cluster, and the processes that run it.
+
+No TensorFlow here (this module runs in the process the user started; TensorFlow runs in its children):
+
+- ``plan()`` reads the cluster from ``--local-workers N``, ``--cluster HOST:PORT,... --task-index I`` or the
+  standard ``TF_CONFIG`` (Kubeflow TFJob, Vertex AI, Slurm scripts). A cluster of one is no cluster.
+- ``launch()`` supervises the TensorFlow process(es) of this machine: one for ``--cluster``/``TF_CONFIG``,
+  N on 127.0.0.1 for ``--local-workers`` (in a private network namespace when the OS allows it, because
+  TensorFlow's gRPC server listens on every interface). The supervisor holds the run folder's lock (the
+  chief's), bounds the time to join the cluster, forwards Ctrl-C, kills what does not stop, removes a
+  staged folder left by a killed chief, and turns a lost worker into one clear error.
+
+A TensorFlow process started this way finds its settings in ``$EDGETL_DIST_CHILD`` (JSON) and its cluster
+in ``$TF_CONFIG``; the collectives themselves are in collective.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_runtime.errors import EdgetlError
+
+from . import ui
+
+CHILD_ENV = "EDGETL_DIST_CHILD"
+DEFAULT_TIMEOUT = 600.0
+KILL_GRACE = 10.0  # seconds between Ctrl-C forwarded to a worker and SIGKILL
+LOST_GRACE = 45.0  # seconds a chief gets to report a lost local worker itself before it is stopped
+JOB_TYPES = ("chief", "worker")
+
+
+@dataclass
+class Cluster:
+    """Every task of a MultiWorkerMirroredStrategy cluster, chief first, and which one this process is."""
+
+    addresses: list  # "host:port", in rank order (the chief, or worker 0, is rank 0)
+    rank: int
+    tf_config: dict
+    source: str  # "TF_CONFIG" | "--cluster" | "--local-workers"
+    names: list = field(default_factory=list)  # "/job:worker/replica:0/task:1" per rank
+
+    @property
+    def n(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def chief(self) -> bool:
+        return self.rank == 0
+
+    def label(self, rank: int) -> str:
+        """How a task is named in messages: 'worker 1 (10.0.0.2:2222)'."""
+        kind = "chief" if self.names and "/job:chief/" in self.names[rank] else "worker"
+        return f"{kind} {rank} ({self.addresses[rank]})" if kind == "worker" else f"chief ({self.addresses[rank]})"
+
+
+@dataclass
+class LocalPlan:
+    n: int
+
+
+def _address(a: str, where: str) -> str:
+    a = a.strip()
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})", a)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise EdgetlError(f"{where}: {a!r} is not HOST:PORT", hint="e.g. --cluster 10.0.0.1:2222,10.0.0.2:2222")
+    return a
+
+
+def from_flags(cluster: str, task_index) -> Cluster:
+    addrs = [_address(a, "--cluster") for a in cluster.split(",") if a.strip()]
+    if len(set(addrs)) != len(addrs):
+        raise EdgetlError("--cluster lists the same HOST:PORT twice", hint="give every worker its own HOST:PORT")
+    if task_index is None:
+        raise EdgetlError("--cluster needs --task-index (this worker's position in the list, 0 is the chief)",
+                          hint="run the same command on every worker, each with its own --task-index")
+    if not 0 <= task_index < len(addrs):
+        raise EdgetlError(f"--task-index {task_index} is outside the {len(addrs)} workers of --cluster",
+                          hint=f"use 0..{len(addrs) - 1} (0 is the chief)")
+    cfg = {"cluster": {"worker": addrs}, "task": {"type": "worker", "index": task_index}}
+    return _cluster(cfg, "--cluster")
+
+
+def parse_tf_config(text: str):
+    """The Cluster of a TF_CONFIG value, or None for a cluster of one task (a plain one-process run)."""
+    try:
+        cfg = json.loads(text)
+        cluster, task = cfg["cluster"], cfg.get("task") or {}
+        if not isinstance(cluster, dict) or not isinstance(task, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise EdgetlError("TF_CONFIG is not valid: it must be JSON with 'cluster' and 'task'",
+                          hint='e.g. TF_CONFIG=\'{"cluster": {"worker": ["h1:2222", "h2:2222"]}, '
+                               '"task": {"type": "worker", "index": 0}}\'') from None
+    other = sorted(set(cluster) - set(JOB_TYPES) - {"evaluator"})
+    if other:
+        raise EdgetlError(f"TF_CONFIG has job type(s) {', '.join(other)}: edgetl runs MultiWorkerMirroredStrategy, "
+                          "whose tasks are 'chief' and 'worker'", hint="remove the parameter servers from the job")
+    if task.get("type") == "evaluator":
+        raise EdgetlError("this task is an 'evaluator': edgetl has no side-car evaluator (every worker evaluates "
+                          "its shard)", hint="remove the evaluator from the job")
+    n = sum(len(cluster.get(j) or []) for j in JOB_TYPES)
+    if n <= 1:
+        return None
+    return _cluster({"cluster": {j: cluster[j] for j in JOB_TYPES if cluster.get(j)}, "task": task}, "TF_CONFIG")
+
+
+def _cluster(cfg: dict, source: str) -> Cluster:
+    addrs, names = [], []
+    for job in JOB_TYPES:
+        for i, a in enumerate(cfg["cluster"].get(job) or []):
+            if not isinstance(a, str):
+                raise EdgetlError(f"{source}: {job} {i} address {a!r} is not a string", hint="use HOST:PORT")
+            addrs.append(_address(a, source))
+            names.append(f"/job:{job}/replica:0/task:{i}")
+    task = cfg["task"]
+    kind, idx = task.get("type"), task.get("index")
+    if kind not in JOB_TYPES or not isinstance(idx, int) or not 0 <= idx < len(cfg["cluster"].get(kind) or []):
+        raise EdgetlError(f"{source}: task {task} is not one of the cluster's tasks",
+                          hint="task.type must be 'chief' or 'worker' and task.index a position in that list")
+    rank = names.index(f"/job:{kind}/replica:0/task:{idx}")
+    if "chief" in cfg["cluster"] and len(cfg["cluster"]["chief"]) != 1:
+        raise EdgetlError(f"{source}: a cluster has one chief", hint="list one address under 'chief'")
+    return Cluster(addrs, rank, cfg, source, names)
+
+
+def plan(cluster=None, task_index=None, local_workers=None, env=None):
+    """What the user asked for: LocalPlan, Cluster, or None (one process, as always)."""
+    env = os.environ if env is None else env
+    if local_workers is not None:
+        if cluster is not None or task_index is not None:
+            raise EdgetlError("--local-workers cannot be combined with --cluster/--task-index",
+                              hint="--local-workers N starts the whole cluster here; --cluster joins one")
+        if not 1 <= local_workers <= 64:
+            raise EdgetlError(f"--local-workers {local_workers} is out of range", hint="use 1 to 64")
+        return LocalPlan(local_workers) if local_workers > 1 else None
+    if task_index is not None and cluster is None:
+        raise EdgetlError("--task-index needs --cluster", hint="e.g. --cluster h1:2222,h2:2222 --task-index 0")
+    if cluster is not None:
+        return from_flags(cluster, task_index)
+    if env.get("TF_CONFIG", "").strip():
+        return parse_tf_config(env["TF_CONFIG"])
+    return None
+
+
+def child_settings() -> dict | None:
+    """Settings of a TensorFlow process started by ``launch`` (None in any other process)."""
+    raw = os.environ.get(CHILD_ENV)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------ supervising the TensorFlow processes
+
+
+def _free_ports(n: int) -> list:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _private_network() -> bool:
+    """Move this process (and so its future children) into a new network namespace with only loopback, up.
+    TensorFlow's gRPC server listens on 0.0.0.0; in such a namespace that is 127.0.0.1 alone. Linux only;
+    False (nothing changed) when not permitted."""
+    if not sys.platform.startswith("linux") or os.environ.get("EDGETL_NO_NETNS"):
+        return False
+    import ctypes
+    import ctypes.util
+    import fcntl
+    import struct
+
+    clone_newnet, clone_newuser = 0x40000000, 0x10000000
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return False
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(clone_newnet) != 0:
+        # unprivileged: a user namespace first (maps this user to itself), where the new network is allowed
+        if libc.unshare(clone_newuser | clone_newnet) != 0:
+            return False
+        try:
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+        except OSError:
+            pass
+    try:  # bring lo up: SIOCGIFFLAGS / SIOCSIFFLAGS with IFF_UP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = struct.pack("16sH14s", b"lo", 0, b"\0" * 14)
+            flags = struct.unpack("16sH14s", fcntl.ioctl(s, 0x8913, ifr))[1]
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH14s", b"lo", flags | 0x1, b"\0" * 14))
+    except OSError:
+        return False
+    return True
+
+
+def _probe(address: str, timeout: float = 2.0) -> str | None:
+    """None if something accepts connections at HOST:PORT, else why not (for the join-timeout message)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+class _Child:
+    def __init__(self, rank: int, proc: subprocess.Popen, status_fd: int, label: str, relay: bool):
+        self.rank, self.proc, self.status_fd, self.label = rank, proc, status_fd, label
+        self.joined = False
+        self.tail: list = []
+        self.reader = None
+        if relay and proc.stderr is not None:
+            self.reader = threading.Thread(target=self._relay, daemon=True)
+            self.reader.start()
+
+    def _relay(self):
+        """A non-chief worker's stderr: its errors are shown (prefixed), the rest kept for a crash report."""
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tail = (self.tail + [line])[-40:]
+            if line.startswith(("error:", "hint:")):
+                ui.info(f"[{self.label}] {line}")
+
+    def describe_exit(self) -> str:
+        rc = self.proc.returncode
+        if rc is None:
+            return "is still running"
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            return f"was killed ({name})"
+        return f"exited with code {rc}"
+
+
+def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFAULT_TIMEOUT, devices=None) -> int:
+    """Run ``edgetl ARGV`` as this machine's TensorFlow process(es) and supervise them. Returns the exit code
+    (the chief's, or 2 with an error line when the cluster failed)."""
+    from . import runfolder
+
+    local = isinstance(the_plan, LocalPlan)
+    isolated = False
+    if local:
+        isolated = _private_network()
+        ports = _free_ports(the_plan.n)
+        addrs = [f"127.0.0.1:{p}" for p in ports]
+        clusters = [_cluster({"cluster": {"worker": addrs}, "task": {"type": "worker", "index": i}}, "--local-workers")
+                    for i in range(the_plan.n)]
+    else:
+        clusters = [the_plan]
+    me = clusters[0] if local else the_plan
+    lock = runfolder.RunLock(lock_target) if (lock_target is not None and me.chief) else None
+    scratch_root = Path(tempfile.mkdtemp(prefix="edgetl-workers-"))
+    children: list = []
+    interrupted = {"sig": None}
+
+    def on_signal(signum, _frame):
+        interrupted["sig"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if lock is not None:
+            lock.acquire()
+            runfolder._recover(Path(lock_target))
+        threads = max(1, (os.cpu_count() or 1) // len(clusters)) if local else None
+        code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+        for c in clusters:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            scratch = scratch_root / f"task-{c.rank}"
+            scratch.mkdir()
+            settings = {"status_fd": w, "timeout": timeout, "lock_held": lock is not None and c.chief,
+                        "scratch": str(scratch), "threads": threads, "isolated": isolated}
+            env = dict(os.environ, TF_CONFIG=json.dumps(c.tf_config), **{CHILD_ENV: json.dumps(settings)})
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            relay = local and not c.chief
+            proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, pass_fds=(w,),
+                                    stdout=subprocess.DEVNULL if relay else None,
+                                    stderr=subprocess.PIPE if relay else None)
+            os.close(w)
+            children.append(_Child(c.rank, proc, r, me.label(c.rank), relay))
+        if local:
+            where = "in a private network namespace (loopback only)" if isolated else \
+                "on 127.0.0.1 (note: TensorFlow's servers listen on every interface while the build runs)"
+            ui.info(f"local workers {where}: " + ", ".join(
+                f"{ch.label} pid {ch.proc.pid}" for ch in children))
+        return _supervise(children, me, local, timeout, interrupted)
+    finally:
+        for ch in children:
+            if ch.proc.poll() is None:
+                ch.proc.kill()
+                ch.proc.wait()
+            try:
+                os.close(ch.status_fd)
+            except OSError:
+                pass
+        if lock is not None and lock.fd is not None:
+            runfolder._recover(Path(lock_target))  # a staged folder of a killed chief goes
+            lock.release()
+        shutil.rmtree(scratch_root, ignore_errors=True)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _read_status(ch: _Child):
+    try:
+        data = os.read(ch.status_fd, 4096)
+    except (BlockingIOError, OSError):
+        return
+    if b"joined" in data:
+        ch.joined = True
+
+
+def _stop(children, sig=signal.SIGINT, grace: float = KILL_GRACE):
+    """Ask every running child to stop (SIGINT), then kill what is still running after ``grace``."""
+    for ch in children:
+        if ch.proc.poll() is None:
+            try:
+                ch.proc.send_signal(sig)
+            except OSError:
+                pass
+    end = time.monotonic() + grace
+    while time.monotonic() < end and any(ch.proc.poll() is None for ch in children):
+        time.sleep(0.1)
+    for ch in children:
+        if ch.proc.poll() is None:
+            ch.proc.kill()
+            ch.proc.wait()
+
+
+def _fail(msg: str, hint: str) -> int:
+    ui.info(f"error: {msg}")
+    ui.info(f"hint: {hint}")
+    return 2
+
+
+def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) -> int:
+    start = time.monotonic()
+    chief = children[0] if local else None
+    lost_at, lost = None, None
+    while True:
+        for ch in children:
+            if not ch.joined:
+                _read_status(ch)
+        if interrupted["sig"] is not None:
+            ui.info("interrupted: stopping the workers")
+            _stop(children)
+            return 130
+        running = [ch for ch in children if ch.proc.poll() is None]
+        if not running:
+            break
+        if not all(ch.joined for ch in children) and time.monotonic() - start > timeout:
+            missing = [ch for ch in children if not ch.joined]
+            if local:
+                names = ", ".join(ch.label for ch in missing)
+            else:
+                probes = [(me.label(r), _probe(a)) for r, a in enumerate(me.addresses) if r != me.rank]
+                names = ", ".join(f"{lab} ({why})" for lab, why in probes if why) or "one of the others"
+            _stop(children)
+            return _fail(f"the cluster did not come together within {timeout:.0f} s: {names} did not join",
+                         "start the same command on every worker (each with its own --task-index or TF_CONFIG); "
+                         "check the addresses and that the ports are open between the machines (--worker-timeout)")
+        if local and lost is None:
+            for ch in children[1:]:
+                if ch.proc.poll() not in (None, 0):
+                    lost, lost_at = ch, time.monotonic()
+                    ui.info(f"{ch.label} {ch.describe_exit()}; waiting for the chief to stop")
+                    break
+        if lost is not None and chief.proc.poll() is None and time.monotonic() - lost_at > LOST_GRACE:
+            _stop(children)
+            return _fail(f"lost {lost.label}: it {lost.describe_exit()}, and the chief did not stop by itself",
+                         "nothing was written; see the worker's messages above and run the command again")
+        time.sleep(0.2)
+    for ch in children:
+        if ch.reader is not None:
+            ch.reader.join(timeout=2)
+    if not local:
+        if children[0].proc.returncode < 0:
+            return _fail(f"this worker's TensorFlow process {children[0].describe_exit()}",
+                         "nothing of the previous run was changed; start the same command again on every worker")
+        return children[0].proc.returncode
+    rc = chief.proc.returncode
+    if rc < 0:
+        return _fail(f"the chief {chief.describe_exit()}", "nothing of the previous run was changed; run again")
+    failed = [ch for ch in children[1:] if ch.proc.returncode != 0]
+    if rc == 0 and failed:
+        ui.warn(", ".join(f"{ch.label} {ch.describe_exit()}" for ch in failed) + " after the chief had its data")
+    if rc != 0 and failed and not any(line.startswith("error:") for ch in failed for line in ch.tail):
+        for ch in failed:
+            ui.info(f"[{ch.label}] its last lines:\n" + "\n".join("  | " + line for line in ch.tail[-15:]))
+    return rc
