@@ -70,7 +70,7 @@ Resize = typer.Option(None, "--resize", metavar="POLICY", help="Resize policy: c
 Strict = typer.Option(None, "--strict/--no-strict", help="Unreadable files are an error instead of skipped (default off).")
 ConfigFile = typer.Option(None, "--config", metavar="FILE", help="TOML file of options (flags override it).")
 Force = typer.Option(False, "--force", help="Replace an existing run or models (the old ones stay until the new ones are complete).")
-Quantize = typer.Option(None, "--quantize", metavar="MODE", help="TFLite mode to produce: int8 (default), float16, dynamic, float32. Repeatable.")
+Quantize = typer.Option(None, "--quantize", metavar="MODE", help="TFLite mode to produce: int8, float16, dynamic, float32; repeatable (default int8 and float32: the device runs the faster one that passes parity).")
 CalibrationSize = typer.Option(None, "--calibration-size", metavar="N", help="Calibration photos for int8 (default 300, seeded).")
 IoType = typer.Option(None, "--io", metavar="TYPE", help="I/O type of int8 models: uint8 (default), int8, float32.")
 MaxDrop = typer.Option(None, "--max-drop", metavar="POINTS", help="Parity gate: largest accuracy drop in points (default 1.0).")
@@ -267,7 +267,7 @@ def finetune(
         typer.echo(str(run))
 
 
-@app.command(cls=_PlainHelpCommand, short_help="Convert to TFLite (int8 by default), check it, measure parity.")
+@app.command(cls=_PlainHelpCommand, short_help="Convert to TFLite (int8 and float32 by default), check it, measure parity.")
 def quantize(
     source: Path = typer.Argument(..., metavar="RUN_OR_MODEL", show_default=False,
                                   help="A run folder, or a Keras model (.keras)."),
@@ -288,7 +288,7 @@ def quantize(
     min_agreement: Optional[float] = MinAgreement,
     force: bool = Force,
 ):
-    """Convert to TFLite (int8 full-integer by default), check it, embed metadata, measure parity.
+    """Convert to TFLite (full-integer int8 and float32 by default), check it, embed metadata, measure parity.
     Exit 1 when a parity gate fails (the models are kept)."""
     from . import quantize_cmd
 

@@ -48,7 +48,7 @@ class Config:
     fine_tune_epochs: int = 5
     fine_tune_patience: int = 2
     # conversion and parity
-    quantize: list = field(default_factory=lambda: ["int8"])
+    quantize: list = field(default_factory=lambda: ["int8", "float32"])  # the device picks the faster
     calibration_size: int = 300
     io: str = "uint8"
     max_drop: float = 1.0
