@@ -18,10 +18,10 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import REF_PTQ, REF_QAT, colour_image, run_cli
+from conftest import REF_PTQ, colour_image, run_cli
 from make_test_models import EDGETL_MODELS, GRAY_LABELS, LABELS
 
-from edge_runtime import Classifier, __version__, metadata, preprocess, tflite_format
+from edge_runtime import Classifier, __version__, metadata, tflite_format
 from edge_runtime.preprocess import fit_like_mediapipe
 from edge_runtime.errors import EdgetlError
 
@@ -347,7 +347,7 @@ def test_unreadable_members_are_refused(test_models, tmp_path, case):
     clf = Classifier(tmp_path / "m.tflite", num_threads=1, warn=False)
     assert clf.meta == {} and clf.labels == LABELS and reason in clf.notes[0]
     r = run_cli("predict", tmp_path / "m.tflite", tmp_path / "m.tflite", "--threads", "1")
-    assert "Traceback" not in r.stderr and f"warning: edgetl metadata ignored" in r.stderr
+    assert "Traceback" not in r.stderr and "warning: edgetl metadata ignored" in r.stderr
 
 
 def _bomb(size: int) -> tuple:
@@ -384,7 +384,7 @@ def test_zip_bomb_is_capped_before_reading(test_models, tmp_path):
     assert r.stderr.split()[-1] == "0"
     for name, reason in (("honest", "over the 4194304 byte limit"), ("liar", "cannot be read")):
         rss, r = _peak_rss_mb("info", tmp_path / f"{name}.tflite")
-        assert f"edgetl metadata ignored: edgetl/metadata.json" in r.stderr and reason in r.stderr, r.stderr
+        assert "edgetl metadata ignored: edgetl/metadata.json" in r.stderr and reason in r.stderr, r.stderr
         assert "labels   3: blue, green, red (from labels.txt)" in r.stdout and "Traceback" not in r.stderr
         assert rss < base + 64, (name, rss, base)
 

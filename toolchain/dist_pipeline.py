@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgetlError, GateFailed
+from edge_runtime.errors import EdgetlError
 
 from . import collective, modeling, pipeline, report, runfolder, train, ui
 from . import config as config_mod
@@ -182,11 +182,4 @@ def do_build(data_dir, out, cfg, force: bool, ctx) -> dict | None:
             rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
             report.write(run, rep, name=out.name)
             st.commit("built" if ok else "gate-failed")
-    report.print_summary(rep)
-    failed = [m for m, r in results.items() if not r["passed"]]
-    if failed:
-        reasons = "; ".join(f"{m}: {results[m]['reason']}" for m in failed)
-        raise GateFailed(f"parity gate failed for {', '.join(failed)} ({reasons})",
-                         hint=f"every artifact is kept in {out}; see report.md. Try more calibration images "
-                              "(--calibration-size), another --quantize mode, or relax --max-drop/--min-agreement")
-    return rep
+    return pipeline.finish_build(rep, results, out)

@@ -224,6 +224,11 @@ def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=Non
                         "them again when needed; --keep-cache keeps it)")
             report.write(run, rep, name=out.name)
             st.commit("built" if ok else "gate-failed")
+    return finish_build(rep, results, out)
+
+
+def finish_build(rep: dict, results: dict, out: Path) -> dict:
+    """The end of a build: the summary table, then exit 1 (GateFailed) when a parity gate failed."""
     report.print_summary(rep)
     failed = [m for m, r in results.items() if not r["passed"]]
     if failed:

@@ -229,7 +229,7 @@ def info(model, as_json: bool, backend):
             qs = f" scale {q['scale']:.6g} zero_point {q['zero_point']}" if q else ""
             print(f"{kind[:-1]:<10} {t['name']}: {t['dtype']} {t['shape_signature']}{qs}")
     print(f"operators  {d['operators']}: " + ", ".join(f"{k} {v}" for k, v in d["op_counts"].items()))
-    print(f"tensors    " + ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items()))
+    print("tensors    " + ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items()))
     ends = m.output_ends_in()
     print(f"scores     {'the graph ends in ' + ends if ends else 'no SOFTMAX/LOGISTIC at the end: the runtime applies softmax'}")
     if m.archive_files:
