@@ -47,7 +47,8 @@ def test_build_exit_code_and_run_folder_contract(tiny_run):
 def test_build_gate_failure_exits_1_and_keeps_everything(tmp_path, tiny_data):
     """Calibrating int8 on a single photo clips most activations: the parity gate must catch it."""
     run = tmp_path / "run"
-    r = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--calibration-size", "1", "--fine-tune-epochs", "0")
+    r = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--calibration-size", "1", "--fine-tune-epochs", "0",
+                "--quantize", "int8")
     assert r.returncode == 1, r.stderr[-2000:]
     assert "parity gate failed for int8" in r.stderr and "Traceback" not in r.stderr
     rep = json.loads((run / "report.json").read_text())

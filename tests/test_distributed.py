@@ -18,7 +18,9 @@ from conftest import TINY_FLAGS, requires_tf, run_cli, run_python
 
 # --dropout 0: dropout draws its masks per replica, so only without it is the random stream the same as in
 # one process (see toolchain/ctl.py); the gates are relaxed as for every tiny random-base model (conftest).
-DIST_FLAGS = TINY_FLAGS + ["--dropout", "0", "--min-agreement", "0.85", "--max-drop", "15"]
+DIST_BASE = TINY_FLAGS + ["--dropout", "0", "--min-agreement", "0.85", "--max-drop", "15"]
+DIST_FLAGS = DIST_BASE + ["--quantize", "int8"]  # the cluster's conversion and parity: int8, the hard case
+ONE_FLAGS = DIST_BASE + ["--quantize", "float32"]  # references for the weights: the quick conversion
 CLI = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
 
 
@@ -27,7 +29,7 @@ def dist_pair(tmp_path_factory, tiny_data):
     """The same tiny build in one process and on two local workers."""
     root = tmp_path_factory.mktemp("dist")
     one, two = root / "one" / "run", root / "two" / "run"
-    p1 = run_cli("build", tiny_data, "--out", one, *DIST_FLAGS, timeout=900)
+    p1 = run_cli("build", tiny_data, "--out", one, *ONE_FLAGS, timeout=900)
     p2 = run_cli("build", tiny_data, "--out", two, *DIST_FLAGS, "--local-workers", "2", "--worker-timeout", "300",
                  timeout=900)
     return one, p1, two, p2
@@ -220,7 +222,7 @@ def test_several_devices_of_one_machine_build_the_same_model(tmp_path, tiny_data
     """MirroredStrategy over two logical CPUs (as over two GPUs): the same custom loop, the same model."""
     one = dist_pair[0]
     run = tmp_path / "run"
-    r = run_cli("build", tiny_data, "--out", run, *DIST_FLAGS, "--devices", "cpu:0,cpu:1", timeout=900)
+    r = run_cli("build", tiny_data, "--out", run, *ONE_FLAGS, "--devices", "cpu:0,cpu:1", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads((run / "report.json").read_text())["distribution"]
     assert d["strategy"] == "MirroredStrategy" and d["workers"] == 1 and d["devices"] == ["CPU:0", "CPU:1"]
