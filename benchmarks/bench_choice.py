@@ -9,7 +9,7 @@ loop at its best thread count, independently of the choice, and prints
 plus the whole table, so the figure can be checked by eye. Also prints int8 against float32 on this CPU
 (int8 is not always the fastest: AVX2 laptops vs VNNI / ARM cores).
 
-    python benchmarks/bench_choice.py [--run RUN] [--rounds 300]
+    python benchmarks/bench_choice.py [--run RUN | --keep DIR] [--rounds 300]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MODES = ("int8", "float16", "dynamic", "float32")
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=None, help="an existing run with several modes (default: build one)")
+    ap.add_argument("--keep", default=None, help="build the run here and keep it (default: a temp folder)")
     ap.add_argument("--rounds", type=int, default=300, help="interleaved rounds of the check")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="edgetl-bench-choice-")
@@ -42,12 +43,12 @@ def main():
         else:
             need_shared()
             env = imagenet_env()
-            run = Path(tmp) / "flowers"
+            run = Path(args.keep) if args.keep else Path(tmp) / "flowers"
             quantize = [x for m in MODES for x in ("--quantize", m)]
-            r = edgetl("build", FLOWERS, "--out", run, "--image-size", 160, *quantize, env=env)
+            r = edgetl("build", FLOWERS, "--out", run, "--force", "--image-size", 160, *quantize, env=env)
             print(f"built {run} (exit {r.returncode})")
         env = dict(env or os.environ, EDGETL_CACHE_DIR=str(Path(tmp) / "cache"))
-        r = edgetl("bench", run, "--remeasure", "--json", env=env)
+        r = edgetl("bench", run, "--json", env=env)  # a run: measured now, and remembered
         choice = json.loads(r.stdout)["choice"]
         print(f"edgetl picked {Path(choice['path']).name} at {choice['threads']} thread(s): p50 {choice['p50_ms']:.3f} ms")
 
