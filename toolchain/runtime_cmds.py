@@ -185,7 +185,7 @@ def bench_run(run, threads, runs, warmup, image, as_json, backend):
     rows = []
     for i, r in enumerate(ch.ranking):
         rows.append([i + 1, r["mode"], r["threads"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                     f"{1000.0 / r['p50_ms']:.0f}" if r["p50_ms"] > 0 else "-", f"{sizes.get(r['mode'], 0) / 2**20:.2f}",
+                     f"{1000.0 / r['p50_ms']:.0f}" if r["p50_ms"] > 0 else "-", f"{sizes.get(r['mode'], 0) / 1e6:.2f}",
                      f"{r['p50_ms'] / ch.ranking[0]['p50_ms']:.2f}x"])
     print(f"run      {run}: models that passed parity, measured in one interleaved loop ({runs} rounds)")
     print(f"device   {ch.device.get('cpu')} ({ch.device.get('machine')}, {ch.device.get('cores')} cores; "
