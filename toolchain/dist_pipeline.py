@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgetlError
 
 from . import collective, modeling, pipeline, report, runfolder, train, ui
 from . import config as config_mod
@@ -110,17 +109,7 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file, ctx) -> Path | N
     ctx.start()
     with ctx.guard():
         def prepare():
-            runfolder.check_existing(run)
-            rep = runfolder.read_report(run)
-            if not rep or "stages" not in rep:
-                raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
-                                  hint="run `edgetl train DATA_DIR --out RUN` first")
-            if "fine_tune" in rep["stages"] and not force:
-                raise EdgetlError(f"{run} is already fine-tuned",
-                                  hint="pass --force to fine-tune again from the stage-1 model")
-            cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
-            train.check_run_for_finetune(run)
-            split = runfolder.read_json(run / "split.json", "split")
+            _, cfg, split = pipeline.finetune_checks(run, cfg_flags, force, config_file)
             return {"config": cfg.as_dict(), "split": split}
 
         shared = ctx.chief_decides(prepare)

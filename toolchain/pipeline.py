@@ -166,7 +166,8 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, dist=None, 
         return _finetune_locked(run, cfg_flags, force, config_file)
 
 
-def _finetune_locked(run: Path, cfg_flags: dict, force: bool, config_file=None) -> Path:
+def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -> tuple:
+    """Everything `finetune` checks before any work (with the lock held): (report, config, split)."""
     runfolder.check_existing(run)
     rep = runfolder.read_report(run)
     if not rep or "stages" not in rep:
@@ -176,7 +177,12 @@ def _finetune_locked(run: Path, cfg_flags: dict, force: bool, config_file=None) 
         raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
     cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
     train.check_run_for_finetune(run)
-    runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
+    split = runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
+    return rep, cfg, split
+
+
+def _finetune_locked(run: Path, cfg_flags: dict, force: bool, config_file=None) -> Path:
+    rep, cfg, _ = finetune_checks(run, cfg_flags, force, config_file)
     with runfolder.Staged(run, fresh=False) as st:
         model = modeling.load(st.path / "stage1.keras")
         base, _, _ = modeling.parts(model)
