@@ -67,21 +67,23 @@ def time_calls(fn, runs: int, warmup: int) -> list:
     return out
 
 
-def time_interleaved(fa, fb, runs: int, warmup: int) -> tuple:
-    """Time ``fa`` and ``fb`` in one loop, one call of each per iteration, alternating which goes first
-    (a, b, then b, a, ...) so neither always runs on the other's warm caches. Returns (ms_a, ms_b)."""
+def time_interleaved(*fns, runs: int, warmup: int) -> list:
+    """Time every function of ``fns`` in one loop: each round calls each once, in an order rotated from
+    round to round (a, b, c, then b, c, a, ...), so none always runs on another's warm caches and a change
+    of load hits them all alike. Returns one list of milliseconds per function."""
+    n = len(fns)
     for i in range(warmup):
-        (fa, fb)[i % 2]()
-        (fb, fa)[i % 2]()
+        for j in range(n):
+            fns[(i + j) % n]()
     perf = time.perf_counter
-    a, b = [], []
+    out = [[] for _ in fns]
     for i in range(runs):
-        order = ((fa, a), (fb, b)) if i % 2 == 0 else ((fb, b), (fa, a))
-        for fn, out in order:
+        for j in range(n):
+            k = (i + j) % n
             t0 = perf()
-            fn()
-            out.append((perf() - t0) * 1000.0)
-    return a, b
+            fns[k]()
+            out[k].append((perf() - t0) * 1000.0)
+    return out
 
 
 def bench(model, threads=(1, 2), runs: int = 200, warmup: int = 20, frame: np.ndarray | None = None,
@@ -101,7 +103,7 @@ def bench(model, threads=(1, 2), runs: int = 200, warmup: int = 20, frame: np.nd
             interp.invoke()
             interp.get_tensor(i_out)
 
-        cls, inv = time_interleaved(lambda: clf.classify(frame, bgr=True), bare, runs, warmup)
+        cls, inv = time_interleaved(lambda: clf.classify(frame, bgr=True), bare, runs=runs, warmup=warmup)
         mean = float(np.mean(cls))
         results.append({
             "threads": t,

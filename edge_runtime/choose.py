@@ -130,6 +130,7 @@ def _cpuinfo() -> dict:
 def device() -> dict:
     """What the measured speed depends on: the CPU and its instruction set, the cores, the backend."""
     from . import backends
+    from .bench import available_cores
 
     ci = _cpuinfo()
     flags = sorted(set(ci.get("flags", [])) & set(SPEED_FLAGS))
@@ -140,11 +141,7 @@ def device() -> dict:
         be = str(backends.resolve())
     except EdgetlError:
         be = "none"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return {"machine": platform.machine(), "cpu": cpu, "flags": flags, "cores": cores, "backend": be}
+    return {"machine": platform.machine(), "cpu": cpu, "flags": flags, "cores": available_cores(), "backend": be}
 
 
 def device_key(dev: dict) -> str:
@@ -217,40 +214,27 @@ def default_threads(cores: int) -> list:
 
 
 def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame=None, backend=None) -> list:
-    """Median latency of ``Classifier.classify`` for every (model, threads), in one interleaved loop.
-    ``models``: [(name, path)]. Returns [{name, path, threads, p50_ms, p90_ms}] fastest first."""
-    from .bench import test_frame
+    """Median latency of ``Classifier.classify`` for every (model, threads), in one interleaved loop
+    (``bench.time_interleaved``). ``models``: [(name, path)]. Returns [{name, path, threads, p50_ms, p90_ms}]
+    fastest first."""
+    from .bench import test_frame, time_interleaved
     from .classifier import Classifier
 
     frame = test_frame() if frame is None else frame
-    combos = []
-    for name, path in models:
-        for t in threads:
-            clf = Classifier(path, num_threads=t, backend=backend, warn=False)
-            combos.append({"name": name, "path": str(path), "threads": t, "clf": clf, "ms": []})
-    for c in combos:
-        for _ in range(warmup):
-            c["clf"].classify(frame, bgr=True)
-    perf = time.perf_counter
-    n = len(combos)
-    for i in range(runs):
-        for j in range(n):
-            c = combos[(i + j) % n]  # rotate the order: no candidate always runs right after another
-            t0 = perf()
-            c["clf"].classify(frame, bgr=True)
-            c["ms"].append((perf() - t0) * 1000.0)
-    out = []
-    for c in combos:
-        ms = np.asarray(c["ms"])
-        out.append({"name": c["name"], "path": c["path"], "threads": c["threads"],
-                    "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3)})
+    combos = [(name, path, t, Classifier(path, num_threads=t, backend=backend, warn=False))
+              for name, path in models for t in threads]
+    times = time_interleaved(*[lambda c=c: c.classify(frame, bgr=True) for *_, c in combos], runs=runs,
+                             warmup=warmup)
+    out = [{"name": name, "path": str(path), "threads": t, "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p90_ms": round(float(np.percentile(ms, 90)), 3)} for (name, path, t, _), ms in zip(combos, times)]
     out.sort(key=lambda r: (r["p50_ms"], r["threads"]))
     return out
 
 
 def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, remeasure: bool = False,
-           use_cache: bool = True, frame=None) -> Choice:
-    """The fastest passing model of ``run`` on this device (from the cache when it was measured here)."""
+           use_cache: bool = True, frame=None, on_measure=None) -> Choice:
+    """The fastest passing model of ``run`` on this device (from the cache when it was measured here).
+    ``on_measure``: called just before measuring (not when the cache answers), e.g. to tell the user."""
     run = Path(run)
     cands = candidates(run)
     passing = [c for c in cands if c.passed]
@@ -260,8 +244,7 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
                           hint="force one with --mode MODE (at your own risk), or rebuild with other settings")
     dev = device()
     thr = sorted(set(int(t) for t in threads)) if threads else default_threads(dev["cores"])
-    key_doc = {"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing}, "threads": thr}
-    key = device_key(key_doc)
+    key = device_key({"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing}, "threads": thr})
     if use_cache and not remeasure:
         hit = _load_cache().get("choices", {}).get(key)
         if isinstance(hit, dict) and Path(str(hit.get("path", ""))).name in {c.path.name for c in passing}:
@@ -272,6 +255,8 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
                 return ch
             except (TypeError, KeyError):
                 pass
+    if on_measure is not None:
+        on_measure()
     ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, frame=frame,
                       backend=backend)
     best = ranking[0]
@@ -315,21 +300,8 @@ def resolve(model, mode: str | None = None, threads: int | None = None, backend=
         if not c.passed and say:
             say(f"warning: {c.path.name} did not pass its parity gate ({c.reason}); using it because --mode says so")
         return c.path, threads
-    if say and not _cached(p, backend):
-        say(f"measuring the models of {p} on this device (once; `edgetl bench {p}` shows the figures) ...")
-    ch = choose(p, backend=backend)
+    ch = choose(p, backend=backend, on_measure=say and (lambda: say(
+        f"measuring the models of {p} on this device (once; `edgetl bench {p}` shows the figures) ...")))
     if say:
         say(describe(ch))
     return Path(ch.path), threads if threads is not None else ch.threads
-
-
-def _cached(run: Path, backend) -> bool:
-    """Whether ``choose`` would answer from the cache (so nothing needs measuring)."""
-    try:
-        passing = [c for c in candidates(run) if c.passed]
-        dev = device()
-        key = device_key({"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing},
-                          "threads": default_threads(dev["cores"])})
-    except (EdgetlError, OSError):
-        return False
-    return key in _load_cache().get("choices", {})

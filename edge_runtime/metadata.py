@@ -44,6 +44,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import tflite_format
 
 FORMAT = "edgetl.metadata"
@@ -781,14 +783,19 @@ def _strip(data: bytes) -> tuple:
     return bytes(data), list(files.items()), prev
 
 
-def _finite(obj):
-    """``obj`` with every non-finite float replaced by None, so the JSON is valid everywhere."""
+def finite(obj):
+    """``obj`` with every non-finite float (NumPy's too) replaced by None, so its JSON is valid everywhere
+    (recursively through dicts, lists and arrays). The toolchain writes its JSON through this too."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.floating):
+        return finite(float(obj))
+    if isinstance(obj, np.ndarray):
+        return finite(obj.tolist())
     return obj
 
 
@@ -875,7 +882,7 @@ def _assemble(flat: bytes, old: list, standard: dict | None, new: list) -> bytes
 
 
 def _json_bytes(meta: dict) -> bytes:
-    return json.dumps(_finite(meta), indent=1, sort_keys=True, allow_nan=False).encode("utf-8")
+    return json.dumps(finite(meta), indent=1, sort_keys=True, allow_nan=False).encode("utf-8")
 
 
 def write(model: bytes, edgetl: dict | None = None, standard: dict | None = None, files=None) -> bytes:

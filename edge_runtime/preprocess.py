@@ -77,11 +77,9 @@ def check_regular(path) -> os.stat_result:
     except FileNotFoundError:
         if os.path.islink(path):
             raise NotAnImage(name, "not a regular file (dangling symbolic link)") from None
-        raise ImageError(name, "file not found") from None
-    except PermissionError:
-        raise ImageError(name, "permission denied") from None
+        raise _os_error(name, FileNotFoundError()) from None
     except OSError as e:
-        raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+        raise _os_error(name, e) from None
     if not stat.S_ISREG(st.st_mode):
         kind = file_kind(st.st_mode)
         if kind == "folder":
@@ -96,6 +94,15 @@ def check_regular(path) -> os.stat_result:
     return st
 
 
+def _os_error(name: str, e: OSError) -> ImageError:
+    """The file's error for an OSError met while looking at or opening it."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError(name, "file not found")
+    if isinstance(e, PermissionError):
+        return ImageError(name, "permission denied")
+    return ImageError(name, f"cannot read ({e.strerror or e})")
+
+
 def open_regular(path):
     """A binary file object for a regular file, opened without blocking (O_NONBLOCK: if the entry was swapped
     for a named pipe after the check, the open returns at once) and checked again on the open descriptor
@@ -105,12 +112,8 @@ def open_regular(path):
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ImageError(name, "file not found") from None
-    except PermissionError:
-        raise ImageError(name, "permission denied") from None
     except OSError as e:  # e.g. ENXIO: a socket appeared in its place
-        raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+        raise _os_error(name, e) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -221,7 +224,7 @@ def _decode_error(name: str, ext: str, e: Exception) -> ImageError:
     if isinstance(e, Image.DecompressionBombError):
         return ImageError(name, f"image too large ({e})")
     if isinstance(e, PermissionError):
-        return ImageError(name, "permission denied")
+        return _os_error(name, e)
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if len(reason) > 200:
         reason = reason[:200] + "..."
@@ -288,6 +291,18 @@ def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
     return a[:, :, ::-1] if bgr else a
 
 
+def _fit_input(image, size) -> tuple:
+    """(3-channel uint8 pixels, target height, target width) for the fitting functions: grayscale and
+    alpha normalised first (channel order kept); an empty image is a ValueError."""
+    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        a = to_rgb(a)
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError("empty image")
+    return a, th, tw
+
+
 def fit(image: np.ndarray, size, policy: str = DEFAULT_RESIZE, bgr: bool = False) -> np.ndarray:
     """Resize an RGB (or, with bgr=True, BGR) uint8 image to ``size`` = (height, width) as RGB uint8.
 
@@ -295,15 +310,10 @@ def fit(image: np.ndarray, size, policy: str = DEFAULT_RESIZE, bgr: bool = False
     """
     import cv2
 
-    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}; use one of {', '.join(RESIZE_POLICIES)}")
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        a = to_rgb(a)  # grayscale / alpha: normalise first (channel order kept)
+    a, th, tw = _fit_input(image, size)
     h, w = a.shape[:2]
-    if h == 0 or w == 0:
-        raise ValueError("empty image")
     if policy == "crop":
         if w * th > h * tw:  # too wide: crop the width
             cw = max(1, round(h * tw / th))
@@ -336,13 +346,8 @@ def fit_like_mediapipe(image: np.ndarray, size, bgr: bool = False) -> np.ndarray
     where the two fixed-point bilinear implementations round differently."""
     import cv2
 
-    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        a = to_rgb(a)
+    a, th, tw = _fit_input(image, size)
     h, w = a.shape[:2]
-    if h == 0 or w == 0:
-        raise ValueError("empty image")
     if (h, w) == (th, tw):
         out = np.ascontiguousarray(a)
     else:

@@ -21,21 +21,12 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from . import ui
+from . import runfolder, ui
 from .report import mb
 
 CACHE_FILES = ("images.npy", "index.json", "images.u8.tmp")
 LOG_FILES = tuple(f"convert_{m}.log" for m in ("int8", "float16", "dynamic", "float32"))
 STAGE1 = "stage1.keras"
-
-
-def is_edgetl_run(path) -> bool:
-    """True if ``path`` is a folder edgetl made a run in: it holds edgetl's run marker (or is a run of
-    edgetl 0.1, made before the marker existed)."""
-    from . import runfolder
-
-    p = Path(path)
-    return p.is_dir() and (runfolder.is_run(p) or runfolder.is_legacy_run(p))
 
 
 @dataclass
@@ -99,7 +90,7 @@ def plan(run, force: bool = False) -> Plan:
     run = Path(run)
     if not run.exists():
         raise EdgetlError(f"not found: {run}", hint="pass a run folder made by `edgetl build` or `edgetl train`")
-    if not is_edgetl_run(run):
+    if not runfolder.is_any_run(run):
         raise EdgetlError(f"{run} is not an edgetl run folder; refusing to delete anything in it",
                           hint="pass a run folder made by `edgetl build` or `edgetl train`")
     pl = Plan()

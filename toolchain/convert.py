@@ -322,11 +322,12 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
 
 
 def _scratch_cache() -> Path:
-    """A private folder for a photo cache decoded while a run is only read (removed at exit)."""
+    """Where a photo cache decoded while a run is only read goes: a temporary folder, made only if the
+    cache has to be decoded (data.load), removed at exit."""
     import atexit
     import shutil
 
-    d = Path(tempfile.mkdtemp(prefix="edgetl-cache-"))
+    d = Path(tempfile.gettempdir()) / f"edgetl-cache-{os.getpid()}"
     atexit.register(shutil.rmtree, d, True)
     return d
 
@@ -380,7 +381,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=target / "logs")
         results[mode] = r
-        mediapipe_estimate(r, run / f"model_{mode}.tflite", ds)
+        mediapipe_estimate(r, target / f"model_{mode}.tflite", ds)
         ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "

@@ -194,12 +194,15 @@ def create_cache(path: Path, shape) -> np.ndarray:
     path = Path(path)
     nbytes = int(np.prod(shape))
     header = {"descr": "|u1", "fortran_order": False, "shape": tuple(int(x) for x in shape)}
+    def no_space(free):
+        return EdgetlError(
+            f"not enough space in {path.parent}: the photo cache needs {nbytes / 2**20:.0f} MB "
+            f"({shape[0]} photos of {shape[1]}x{shape[2]})" + (f", {free / 2**20:.0f} MB free" if free else ""),
+            hint="free some space, choose --out on another disk, or use a smaller --image-size")
+
     free = _free_bytes(path.parent)
     if free is not None and free < nbytes + (64 << 10):
-        raise EdgetlError(
-            f"not enough space in {path.parent}: the photo cache needs {nbytes / 2**20:.0f} MB "
-            f"({shape[0]} photos of {shape[1]}x{shape[2]}), {free / 2**20:.0f} MB free",
-            hint="free some space, choose --out on another disk, or use a smaller --image-size")
+        raise no_space(free)
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         offset = f.tell()
@@ -209,8 +212,7 @@ def create_cache(path: Path, shape) -> np.ndarray:
             if e.errno == errno.ENOSPC:
                 f.close()
                 path.unlink(missing_ok=True)
-                raise EdgetlError(f"not enough space in {path.parent} for the photo cache "
-                                  f"({nbytes / 2**20:.0f} MB)", hint="free some space or choose --out on another disk") from None
+                raise no_space(_free_bytes(path.parent)) from None
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
             f.truncate(offset + nbytes)  # this filesystem cannot reserve: the free-space check above stands

@@ -234,6 +234,6 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
 def run_dir_of(path: Path):
     p = Path(path)
     for cand in (p, p.parent):
-        if runfolder.is_run(cand) or runfolder.is_legacy_run(cand):
+        if runfolder.is_any_run(cand):
             return cand
     return None

@@ -25,7 +25,7 @@ from . import runfolder, ui
 def _run_of(source: Path):
     """The run folder ``source`` is (or whose model.keras it is), else None."""
     cand = source if source.is_dir() else (source.parent if source.name == "model.keras" else None)
-    if cand is not None and (runfolder.is_run(cand) or runfolder.is_legacy_run(cand)):
+    if cand is not None and runfolder.is_any_run(cand):
         return cand
     return None
 

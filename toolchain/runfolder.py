@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import errno
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgetlError
+from edge_runtime.metadata import finite  # noqa: F401 (also used by the CLI's JSON)
 
 MARKER = ".edgetl-run"
 MARKER_FORMAT = "edgetl.run"
@@ -99,27 +101,6 @@ def write_text(path, text: str):
 def write_json(path, obj):
     """Strict JSON (NaN and infinity, which JSON has not, are written as null)."""
     write_text(path, json.dumps(finite(obj), indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
-
-
-def finite(obj):
-    """``obj`` with every non-finite float replaced by None (recursively)."""
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return obj
-    if isinstance(obj, np.floating):
-        return finite(float(obj))
-    if isinstance(obj, np.ndarray):
-        return finite(obj.tolist())
-    return obj
 
 
 def _jsonable(o):
@@ -202,6 +183,11 @@ def is_run(path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == MARKER_FORMAT
 
 
+def is_any_run(path) -> bool:
+    """A run folder edgetl wrote: with the marker, or from edgetl 0.1 (before the marker)."""
+    return is_run(path) or is_legacy_run(path)
+
+
 def is_legacy_run(path) -> bool:
     """A run written by edgetl 0.1, before the marker existed (split.json and report.json of edgetl)."""
     p = Path(path)
@@ -265,7 +251,7 @@ def check_new(out, force: bool, data_dir=None) -> Path:
     if out.exists() and not out.is_dir():
         raise EdgetlError(f"{out} exists and is a file", hint="choose another --out folder")
     if out.is_dir() and any(out.iterdir()):
-        if not (is_run(out) or is_legacy_run(out)):
+        if not is_any_run(out):
             raise EdgetlError(f"{out} is not empty and is not an edgetl run folder (no {MARKER}); "
                               "refusing to overwrite it", hint="choose another --out folder")
         if not force:
@@ -282,7 +268,7 @@ def check_existing(run) -> Path:
     _recover(run)
     if not run.is_dir():
         raise EdgetlError(f"run folder not found: {run}", hint="pass a run folder made by `edgetl build` or `edgetl train`")
-    if not (is_run(run) or is_legacy_run(run)):
+    if not is_any_run(run):
         raise EdgetlError(f"{run} is not an edgetl run folder (no {MARKER})",
                           hint="pass a run folder made by `edgetl build` or `edgetl train`")
     return run
@@ -374,11 +360,7 @@ class RunLock:
 def _siblings(out: Path, kind: str) -> list:
     if not out.parent.is_dir():
         return []
-    return sorted(p for p in out.parent.glob(f".{glob_escape(out.name)}.{kind}-*") if p.is_dir() and not p.is_symlink())
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+    return sorted(p for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*") if p.is_dir() and not p.is_symlink())
 
 
 def _recover(out: Path):
