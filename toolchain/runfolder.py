@@ -459,12 +459,9 @@ class Staged:
             os.rename(out, old)
             os.rename(self.path, out)
         self.committed = True
-        kept = []
-        for child in sorted(old.iterdir()):
-            is_dir = child.is_dir() and not child.is_symlink()
-            if not is_artifact(child.name, is_dir) and not (out / child.name).exists():
-                os.rename(child, out / child.name)
-                kept.append(child.name)
+        kept = [name for name in foreign_entries(old) if not (out / name).exists()]
+        for name in kept:
+            os.rename(old / name, out / name)
         if kept:
             from . import ui
 
