@@ -156,6 +156,8 @@ def test_second_command_is_refused_and_kill_9_keeps_the_old_run(good_run, tmp_pa
         assert_user_error(r, "in use by another edgetl command", f"pid {a.pid}")
         r = run_cli("quantize", good_run, "--quantize", "float32", "--force", timeout=120)
         assert_user_error(r, "in use by another edgetl command")
+        r = run_cli("clean", good_run, block_tf=True, timeout=120)
+        assert_user_error(r, "in use by another edgetl command")
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=30)
     finally:
@@ -519,3 +521,18 @@ def test_hostile_models_never_crash_or_bloat_the_runtime(test_models, tmp_path):
                 assert_user_error(r)
             warned += "warning:" in r.stderr
     assert warned >= len(models) // 2  # bad metadata is reported, not silently dropped
+
+
+@requires_tf
+def test_a_run_of_edgetl_0_1_is_still_a_run(good_run):
+    """Runs written before the marker existed (report.json with edgetl_version, split.json) are still
+    runs for quantize and clean; the first command that replaces the run writes the marker."""
+    (good_run / ".edgetl-run").unlink()
+    rep = json.loads((good_run / "report.json").read_text())
+    assert rep.get("edgetl_version")
+    r = run_cli("clean", good_run, "--dry-run", block_tf=True, timeout=60)
+    assert r.returncode == 0 and "would free" in r.stdout, r.stderr[-2000:]
+    r = run_cli("quantize", good_run, "--quantize", "float32", "--force", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((good_run / ".edgetl-run").read_text())["format"] == "edgetl.run"
+    assert leftovers(good_run) == []
