@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 from collections import defaultdict
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import files as files_mod
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
@@ -203,7 +203,8 @@ def create_cache(path: Path, shape) -> np.ndarray:
     free = _free_bytes(path.parent)
     if free is not None and free < nbytes + (64 << 10):
         raise no_space(free)
-    with open(path, "wb") as f:
+    path.unlink(missing_ok=True)  # a new file, never one shared (hard-linked) with another run
+    with open(path, "xb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         offset = f.tell()
         try:
@@ -414,7 +415,7 @@ def load(run_dir, rebuild_into=None) -> Dataset:
     idx_path, img_path = cache_dir / "index.json", cache_dir / "images.npy"
     rows, images, idx = None, None, None
     try:
-        idx = json.loads(idx_path.read_text()) if idx_path.is_file() else None
+        idx = files_mod.read_json(idx_path, what="cache index") if idx_path.exists() else None
         if isinstance(idx, dict) and idx.get("image_size") == size and idx.get("resize") == doc["resize"] \
                 and img_path.is_file():
             images = np.load(img_path, mmap_mode="r")
@@ -422,7 +423,7 @@ def load(run_dir, rebuild_into=None) -> Dataset:
             if images.shape[1:] != (size, size, 3) or len(rows) != n_files or \
                     any(not 0 <= r < images.shape[0] for r in rows.values()):
                 rows, images = None, None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, EdgetlError):
         rows, images = None, None  # a damaged or truncated cache is rebuilt, as a missing one
     if rows is None:
         if isinstance(idx, dict) and isinstance(idx.get("shard"), dict):  # made by several workers (collective.py)
