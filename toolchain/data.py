@@ -445,6 +445,18 @@ def load(run_dir, rebuild_into=None) -> Dataset:
                    doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
 
 
+def scratch_cache() -> Path:
+    """Where a photo cache decoded while a run is only read goes (parity on a run, quantize --out): a
+    temporary folder of this process, made only if the cache has to be decoded, removed at exit. A run is
+    written only by the commands that hold its lock, through a staged copy."""
+    import atexit
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / f"edgetl-cache-{os.getpid()}"
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def _rebuild_cache(cache_dir: Path, doc: dict) -> dict:
     data_dir = Path(doc["data_dir"])
     items = [rel for s in doc["files"].values() for rel, _ in s]

@@ -37,7 +37,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
         raise EdgetlError(f"the Keras model has {n_out} outputs but the TFLite model {clf.num_classes}",
                           hint="compare a TFLite model with its own Keras model")
     if data is not None and Path(data).is_dir() and parity.run_dir_of(Path(data)) == Path(data):
-        ds = data_mod.load(data)
+        ds = data_mod.load(data, rebuild_into=data_mod.scratch_cache())  # the run is only read
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {data}" + (" (val split: no test/)" if ds.test_is_val else "")
@@ -50,7 +50,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
             ui.warn(f"{len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
         desc = f"every photo in {data}"
     elif run_dir is not None:
-        ds = data_mod.load(run_dir)
+        ds = data_mod.load(run_dir, rebuild_into=data_mod.scratch_cache())
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {run_dir}"
