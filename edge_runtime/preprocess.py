@@ -188,6 +188,7 @@ def decode_image(source) -> np.ndarray:
     fh = open_regular(source) if is_path else None
     try:
         with Image.open(fh if fh is not None else source) as im:
+            check_embedded(im, name)
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise ImageError(name, f"image too large ({w} x {h} = {w * h / 1e6:.0f} megapixels; the limit "
@@ -211,6 +212,84 @@ def decode_image(source) -> np.ndarray:
     finally:
         if fh is not None:
             fh.close()
+
+
+# Containers whose header declares one size while the picture Pillow decodes is another image inside: an ICO
+# entry says 16 x 16 (one byte each) but points at a PNG or BMP of any size; an ICNS entry's type says
+# 1024 x 1024 but holds any PNG or JPEG 2000. Pillow decodes that inner image (the largest entry) before it
+# notices the size differs, so the declared size cannot be trusted: every embedded image's real size is
+# read from its own header (PNG IHDR, BMP info header, JPEG 2000 SIZ or ihdr box) before anything is
+# decoded. Other formats Pillow reads report the size they decode (a GIF frame larger than its screen
+# grows the size at open; CUR, MPO and TIFF decode the first image at the size of its own header).
+HEADER_PEEK = 1 << 16  # bytes read from the start of an embedded image to find its size
+
+
+def _embedded_spans(im) -> list:
+    """(offset, length) of every image embedded in an ICO or ICNS container; [] for other formats."""
+    out = []
+    if im.format == "ICO" and hasattr(im, "ico"):
+        for e in getattr(im.ico, "entry", ()):
+            off = getattr(e, "offset", None) if not isinstance(e, dict) else e.get("offset")
+            size = getattr(e, "size", None) if not isinstance(e, dict) else e.get("size")
+            if isinstance(off, int) and isinstance(size, int):
+                out.append((off, size, True))
+    elif im.format == "ICNS" and hasattr(im, "icns"):
+        for span in getattr(im.icns, "dct", {}).values():
+            if isinstance(span, tuple) and len(span) == 2:
+                out.append((span[0], span[1], False))
+    return out
+
+
+def embedded_size(head: bytes, dib_pairs: bool = False):
+    """(width, height) of an image from the first bytes of its data (PNG, JPEG 2000 codestream or JP2, or
+    with ``dib_pairs`` an ICO's BMP info header, whose height counts the colour and the mask rows), or None."""
+    import struct
+
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 24:  # SIZ: Xsiz, Ysiz, XOsiz, YOsiz
+        x, y, x0, y0 = struct.unpack(">IIII", head[8:24])
+        return max(0, x - x0), max(0, y - y0)
+    if head[4:8] == b"jP  " or head[:4] == b"\x0d\x0a\x87\x0a":
+        i = head.find(b"ihdr")
+        if i >= 4 and len(head) >= i + 12:
+            h, w = struct.unpack(">II", head[i + 4 : i + 12])
+            return w, h
+        return None
+    if dib_pairs and len(head) >= 12:
+        (hsize,) = struct.unpack("<I", head[:4])
+        if hsize == 12:
+            w, h = struct.unpack("<HH", head[4:8])
+        else:
+            w, h = struct.unpack("<ii", head[4:12])
+        return abs(w), abs(h) // 2
+    return None
+
+
+def check_embedded(im, name: str):
+    """ImageError when an ICO or ICNS file holds an embedded image above MAX_PIXELS, read from its own
+    header before anything is decoded (see HEADER_PEEK's comment)."""
+    spans = _embedded_spans(im)
+    if not spans:
+        return
+    fp = getattr(im, "fp", None)
+    if fp is None:
+        return
+    pos = fp.tell()
+    try:
+        for off, length, dib in spans:
+            fp.seek(off)
+            size = embedded_size(fp.read(max(0, min(length, HEADER_PEEK))), dib)
+            if size is None:
+                continue
+            w, h = size
+            if w * h > MAX_PIXELS:
+                dw, dh = im.size
+                raise ImageError(name, f"image too large: the {im.format} file declares {dw} x {dh} but holds an "
+                                       f"image of {w} x {h} = {w * h / 1e6:.0f} megapixels (the limit is "
+                                       f"{MAX_PIXELS / 1e6:.0f})")
+    finally:
+        fp.seek(pos)
 
 
 def _decode_error(name: str, ext: str, e: Exception) -> ImageError:

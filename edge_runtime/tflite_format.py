@@ -22,18 +22,21 @@ TENSOR_TYPES = {
 }
 
 
-class _Corrupt(Exception):
-    pass
+class Corrupt(Exception):
+    """The flatbuffer's structure is inconsistent (an offset or a length points outside the file)."""
 
 
-class _Reader:
+class Reader:
+    """Bounds-checked reads of flatbuffer scalars, tables, vectors and strings (Corrupt when out of bounds).
+    Shared by this module (the Model schema) and ``metadata`` (the ModelMetadata schema)."""
+
     def __init__(self, data: bytes):
         self.d = memoryview(data)
         self.n = len(data)
 
     def _need(self, pos: int, size: int):
         if pos < 0 or pos + size > self.n:
-            raise _Corrupt(f"offset {pos}+{size} beyond end of file ({self.n} bytes)")
+            raise Corrupt(f"offset {pos}+{size} beyond end of file ({self.n} bytes)")
 
     def u8(self, p):
         self._need(p, 1)
@@ -64,7 +67,7 @@ class _Reader:
         vt = table - self.i32(table)
         vt_size = self.u16(vt)
         if vt_size < 4 or vt_size % 2:
-            raise _Corrupt("bad vtable")
+            raise Corrupt("bad vtable")
         slot = 4 + 2 * index
         if slot >= vt_size:
             return None
@@ -128,7 +131,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             f"{name}: not a TFLite model (no 'TFL3' flatbuffer identifier)",
             hint="pass a .tflite file written by a TFLite converter",
         )
-    r = _Reader(data)
+    r = Reader(data)
     try:
         root = r.ref(0)
         version = r.scalar(root, 0, "u32")
@@ -153,6 +156,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
                 tensors.append(
                     {
                         "shape": r.ints(t, 0),
+                        "shape_signature": r.ints(t, 7),  # -1 marks a dynamic dimension; [] when absent
                         "type": TENSOR_TYPES.get(r.scalar(t, 1, "u8", 0), "unknown"),
                         "buffer": r.scalar(t, 2, "u32", 0),
                         "name": r.string(t, 3),
@@ -162,15 +166,15 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             for op in r.tables(sg, 3):
                 idx = r.scalar(op, 0, "u32", 0)
                 if idx >= len(opcodes):
-                    raise _Corrupt(f"operator refers to opcode {idx} of {len(opcodes)}")
+                    raise Corrupt(f"operator refers to opcode {idx} of {len(opcodes)}")
                 ins, outs = r.ints(op, 1), r.ints(op, 2)
                 for t in ins + outs:
                     if t >= len(tensors):
-                        raise _Corrupt(f"operator refers to tensor {t} of {len(tensors)}")
+                        raise Corrupt(f"operator refers to tensor {t} of {len(tensors)}")
                 operators.append({"opcode": idx, "inputs": ins, "outputs": outs})
             for t in tensors:
                 if t["buffer"] >= max(len(buffers), 1) and buffers:
-                    raise _Corrupt(f"tensor refers to buffer {t['buffer']} of {len(buffers)}")
+                    raise Corrupt(f"tensor refers to buffer {t['buffer']} of {len(buffers)}")
             subgraphs.append(
                 {
                     "tensors": tensors,
@@ -184,7 +188,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         metadata = []  # Model.metadata: named entries that point at a buffer (e.g. "TFLITE_METADATA")
         for m in r.tables(root, 6):
             metadata.append({"name": r.string(m, 0), "buffer": r.scalar(m, 1, "u32", 0)})
-    except (_Corrupt, struct.error) as e:
+    except (Corrupt, struct.error) as e:
         raise EdgetlError(
             f"{name}: truncated or corrupt TFLite model ({e})",
             hint="copy or export the model again; the file is incomplete",
@@ -201,3 +205,73 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         "metadata_names": [m["name"] for m in metadata],
         "metadata": metadata,
     }
+
+
+# ------------------------------------------------------------------ what a model may allocate
+
+# Bytes per element of each tensor type (int4 packs two per byte; strings and resources count one byte per
+# element, their real size is only known at run time).
+ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "string": 1, "bool": 1, "int16": 2,
+              "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "resource": 1, "variant": 1,
+              "uint32": 4, "uint16": 2, "int4": 0.5}
+
+# The most a model's tensors may declare, before any interpreter allocates them. Only tensors without
+# data in the file count (activations, inputs, outputs, variables): constant tensors point into the file,
+# which is already capped (files.MAX_MODEL_BYTES). The interpreter's arena reuses memory between
+# activations, so what it allocates is at most this sum. The bound is relative to what image classifiers
+# need: MobileNetV2 1.0 at 224 px in float32 declares 28 MB of such tensors (its largest one 5 MB), an
+# edgetl model at 96 px under 3 MB; 2 GiB is 70 times the former and still fits the smallest device edgetl
+# targets (a 4 GB Raspberry Pi), whereas a corrupt shape ([1, 12, 16580620, 48], 9.6 GB from two mutated
+# bytes) is refused. $EDGETL_MAX_TENSOR_BYTES raises (or lowers) it for an unusually large model.
+MAX_TENSOR_BYTES = 2 << 30
+
+
+def max_tensor_bytes() -> int:
+    import os
+
+    text = os.environ.get("EDGETL_MAX_TENSOR_BYTES", "").strip()
+    try:
+        return max(1, int(float(text))) if text else MAX_TENSOR_BYTES
+    except (ValueError, OverflowError):
+        return MAX_TENSOR_BYTES
+
+
+def tensor_bytes(tensor: dict) -> int:
+    """The bytes a tensor of ``parse_model``'s summary declares (its shape times its element size; a
+    negative dimension, which only a corrupt file holds in ``shape``, counts as 1)."""
+    n = 1
+    for d in tensor["shape"]:
+        n *= d if d > 0 else (0 if d == 0 else 1)
+    return int(n * ITEM_BYTES.get(tensor["type"], 1) + 0.5)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def check_memory(structure: dict, name: str = "model", limit: int | None = None) -> int:
+    """The bytes the model's data-less tensors declare (see MAX_TENSOR_BYTES); EdgetlError naming the
+    largest tensor when they exceed ``limit`` (default: max_tensor_bytes())."""
+    limit = max_tensor_bytes() if limit is None else limit
+    spans = structure.get("buffer_spans") or []
+    total, largest = 0, None
+    for gi, sg in enumerate(structure["subgraphs"]):
+        for ti, t in enumerate(sg["tensors"]):
+            b = t["buffer"]
+            if 0 < b < len(spans) and spans[b][1]:
+                continue  # constant: its bytes are in the file
+            n = tensor_bytes(t)
+            total += n
+            if largest is None or n > largest[0]:
+                largest = (n, gi, ti, t)
+    if total <= limit:
+        return total
+    n, gi, ti, t = largest
+    where = f"tensor {ti}" + (f" of subgraph {gi}" if gi else "") + (f" ('{t['name']}')" if t.get("name") else "")
+    what = (f"{where} declares {t['shape']} {t['type']} = {_size(n)}" if n > limit else
+            f"its tensors declare {_size(total)} in all (the largest, {where}, {t['shape']} {t['type']} = {_size(n)})")
+    raise EdgetlError(
+        f"{name}: {what}; edgetl lets a model allocate at most {_size(limit)} of tensors",
+        hint="the file is corrupt (an image classifier needs well under 1 GB); copy or export it again, or "
+             "raise the bound with EDGETL_MAX_TENSOR_BYTES if the model really is that large",
+    )
