@@ -133,6 +133,15 @@ def read_model_bytes(path) -> tuple:
     return p, files.read_bytes(p, files.MAX_MODEL_BYTES, "model")
 
 
+def check_io(structure: dict, name) -> None:
+    """EdgetlError for a model whose main subgraph has no input or no output (nothing to feed or read)."""
+    sg = structure["subgraphs"][0]
+    for what in ("inputs", "outputs"):
+        if not sg[what]:
+            raise EdgetlError(f"{name}: the model has no {what}", hint="the file is corrupt or not a model edgetl can "
+                              "run: copy or export it again")
+
+
 def check_fixed_inputs(structure: dict, name) -> None:
     """EdgetlError for a model whose input has a dynamic size other than the batch (height and width -1):
     the interpreter cannot prepare it without a size, and edgetl runs image classifiers of fixed size."""
@@ -159,7 +168,8 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     skips that: for a file edgetl itself has just written (the toolchain's conversions)."""
     p, content = read_model_bytes(path)
     structure = tflite_format.parse_model(content, str(p))
-    tflite_format.check_memory(structure, str(p))
+    declared = tflite_format.check_memory(structure, str(p))
+    check_io(structure, p)
     check_fixed_inputs(structure, p)
     found = metadata.read_all(content, structure)
     be = backends.resolve(backend)
@@ -168,7 +178,7 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     if not trusted:
         from . import probe
 
-        verdict = probe.check(content, be)
+        verdict = probe.check(content, be, declared)
         problem = verdict_error(p, verdict)
         if problem is not None:
             raise problem
@@ -183,8 +193,6 @@ def verdict_error(p, v) -> EdgetlError | None:
     """The error for a probe verdict that forbids opening the model here (None: open it)."""
     if v.ok or v.stage == "invoke" and not (v.memory or v.crashed or v.timeout):
         return None
-    from . import probe
-
     if v.crashed:
         how = f"signal {v.signal}" if v.signal else f"exit code {v.exit_code}"
         return EdgetlError(f"{p}: the interpreter crashed on this model ({how})",
@@ -195,10 +203,10 @@ def verdict_error(p, v) -> EdgetlError | None:
                            f"{v.timeout:.0f} s", hint="the file is corrupt, or this device is too slow for it: "
                                                       "set EDGETL_PROBE_TIMEOUT=SECONDS to wait longer")
     if v.memory:
-        return EdgetlError(f"{p}: the interpreter ran out of memory preparing this model ({v.error}; the limit was "
-                           f"{probe.budget(0) / 1e9:.1f} GB beyond the interpreter itself)",
-                           hint="the file is corrupt, or the model is too large for edgetl; raise the bound with "
-                                "EDGETL_MAX_TENSOR_BYTES if it really is that large")
+        limit = f"; its limit was {v.limit / 1e9:.1f} GB, from what its tensors declare" if v.limit else ""
+        return EdgetlError(f"{p}: the interpreter ran out of memory preparing this model ({v.error}{limit})",
+                           hint="the file is corrupt: its operators need far more memory than its tensors declare; "
+                                "copy or export it again")
     if v.stage == "create":
         return refused(p, v.error)
     return cannot_prepare(p, v.error)

@@ -5,8 +5,9 @@ flatbuffer only loosely: a changed input zero point segfaults in ``allocate_tens
 offset aborts), and no Python code can catch that. So before a model is opened in this process, a child
 process (a fresh Python running ``serve``) creates an interpreter for the same bytes with the same backend,
 allocates its tensors and runs one inference on a zero input, under a memory limit (RLIMIT_AS: its address
-space after start-up plus what the model may declare, see ``budget``), without core dumps, and within a
-time limit (``TIMEOUT``, $EDGETL_PROBE_TIMEOUT). Its verdict:
+space after start-up plus what this model's tensors declare, see ``budget``: a model whose operators
+compute far larger tensors than it declares fails there), without core dumps, and within a time limit
+(``TIMEOUT``, $EDGETL_PROBE_TIMEOUT). Its verdict:
 
 - the child died of a signal: "the interpreter crashed on this model (signal SIGSEGV)";
 - it ran past the time limit: killed, "did not finish ... within N s";
@@ -49,9 +50,11 @@ CACHE_NAME = "probes.json"
 CACHE_ENTRIES = 500
 TIMEOUT = 120.0  # seconds for one model (start-up of the child not included); $EDGETL_PROBE_TIMEOUT
 START_TIMEOUT = 300.0  # starting the child: importing the backend (TensorFlow can take 10 s or more)
-# RLIMIT_AS of the child beyond its address space after start-up: what the model's tensors may declare
-# (tflite_format.check_memory), room for XNNPACK's packed weights and the model's bytes (a few times the
-# file), and a margin for the interpreter's own allocations.
+# RLIMIT_AS of the child beyond its address space after start-up (see budget): twice what the model's
+# data-less tensors declare (tflite_format.check_memory: the arena, plus as much again for XNNPACK's
+# workspace), four times the file (the bytes themselves, XNNPACK's packed weights, the interpreter's copy)
+# and a margin for the interpreter's own allocations and its threads' stacks. A MobileNetV2 1.0 at 224 px
+# in float32 gets 0.9 GB; nothing a model declares can raise it past 2 x 2 GiB + 4 x 512 MB + the margin.
 MARGIN_BYTES = 768 << 20
 
 
@@ -63,10 +66,8 @@ def timeout() -> float:
         return TIMEOUT
 
 
-def budget(model_bytes: int) -> int:
-    from .tflite_format import max_tensor_bytes
-
-    return max_tensor_bytes() + 4 * int(model_bytes) + MARGIN_BYTES
+def budget(model_bytes: int, declared_bytes: int) -> int:
+    return 2 * int(declared_bytes) + 4 * int(model_bytes) + MARGIN_BYTES
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Verdict:
     timeout: float | None = None  # the child was killed after this many seconds
     memory: bool = False  # the failure was the child's memory limit
     native: str = ""  # the last lines the interpreter printed on stderr
+    limit: int | None = None  # the child's memory allowance (bytes beyond its start-up address space)
     skipped: str | None = None  # no check was possible (why)
     cached: bool = False
 
@@ -92,7 +94,8 @@ class Verdict:
         return not (self.crashed or self.timeout or self.skipped or self.memory)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("cached", "native") and v not in (None, False)}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("cached", "native", "limit") and v not in (None, False)}
 
 
 def signal_name(returncode: int) -> str | None:
@@ -119,6 +122,7 @@ class Prober:
         self._err = None
         self._pump = None
         self.started = 0  # children started (the fuzz reports it)
+        self.peak_child_rss_mb = 0.0  # the largest peak resident memory of a child that ended
 
     def __enter__(self):
         return self
@@ -176,7 +180,7 @@ class Prober:
             return Verdict(False, timeout=wait, native=self._native())
         if line is None:
             p, self.proc = self.proc, None
-            rc = p.wait()
+            rc = self._reap(p)
             self._close_pipes(p)
             name = signal_name(rc)
             v = Verdict(False, signal=name, exit_code=None if name else rc, native=self._native())
@@ -197,12 +201,34 @@ class Prober:
                 p.stdin.close()
         except OSError:
             pass
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        self._reap(p, timeout=10)
         self._close_pipes(p)
+
+    def _reap(self, p, timeout: float | None = None) -> int:
+        """Wait for the child (killing it after ``timeout`` s); its exit status, with its peak memory noted
+        (os.wait4, where there is one)."""
+        if hasattr(os, "wait4"):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while p.returncode is None:
+                try:
+                    pid, status, ru = os.wait4(p.pid, 0 if deadline is None else os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    self.peak_child_rss_mb = max(self.peak_child_rss_mb, ru.ru_maxrss / 1024.0)
+                    break
+                if time.monotonic() > deadline:
+                    p.kill()
+                    deadline = None
+                else:
+                    time.sleep(0.005)
+        elif timeout is not None:
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        return p.wait()
 
     def _close_pipes(self, p):
         if self._pump is not None:
@@ -220,7 +246,9 @@ class Prober:
             self._err.close()
             self._err = None
 
-    def probe(self, content: bytes) -> Verdict:
+    def probe(self, content: bytes, declared_bytes: int) -> Verdict:
+        """The verdict on ``content``, whose data-less tensors declare ``declared_bytes``
+        (tflite_format.check_memory): the child may allocate ``budget`` of that beyond its start-up."""
         if not sys.executable:
             return Verdict(True, skipped="no Python executable to run the check in")
         if self.proc is None:
@@ -228,7 +256,7 @@ class Prober:
             if failed is not None:
                 return failed
         try:
-            self.proc.stdin.write(struct.pack("<Q", len(content)))
+            self.proc.stdin.write(struct.pack("<QQ", len(content), int(declared_bytes)))
             self.proc.stdin.write(content)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
@@ -238,7 +266,7 @@ class Prober:
             return ans
         native = self._native()
         return Verdict(bool(ans.get("ok")), stage=ans.get("stage"), error=ans.get("error"),
-                       memory=bool(ans.get("memory")), native=native)
+                       memory=bool(ans.get("memory")), native=native, limit=ans.get("limit"))
 
 
 _session: Prober | None = None
@@ -263,8 +291,9 @@ def key(content: bytes, backend) -> str:
     return f"{hashlib.sha256(content).hexdigest()}:{backend.name}:{backend.version}:{PROBE_VERSION}"
 
 
-def check(content: bytes, backend) -> Verdict:
-    """The verdict on ``content`` for ``backend`` (a backends.Backend): remembered, or measured now."""
+def check(content: bytes, backend, declared_bytes: int) -> Verdict:
+    """The verdict on ``content`` for ``backend`` (a backends.Backend): remembered, or measured now.
+    ``declared_bytes``: what its data-less tensors declare (tflite_format.check_memory)."""
     k = key(content, backend)
     if k in _memo:
         return _memo[k]
@@ -275,10 +304,10 @@ def check(content: bytes, backend) -> Verdict:
         _memo[k] = v
         return v
     if _session is not None and _session.backend_name == backend.name:
-        v = _session.probe(content)
+        v = _session.probe(content, declared_bytes)
     else:
         with Prober(backend.name) as p:
-            v = p.probe(content)
+            v = p.probe(content, declared_bytes)
     if v.lasting:
         _memo[k] = v
         entries = doc["verdicts"]
@@ -299,29 +328,31 @@ def _vm_bytes() -> int | None:
         return None
 
 
-def _limit_memory(extra: int):
+def _limit_memory(extra: int) -> int | None:
+    """Limit this process's address space to what it uses now plus ``extra``; the limit set, or None."""
     try:
         import resource
     except ImportError:  # Windows: no RLIMIT_AS (the time limit still applies)
-        return
+        return None
     vm = _vm_bytes()
     if vm is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        return None
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
     want = vm + extra
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)
     try:
         resource.setrlimit(resource.RLIMIT_AS, (want, hard))
     except (ValueError, OSError):
-        pass
+        return None
+    return extra
 
 
 def _unlimit_memory():
     try:
         import resource
 
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     except (ImportError, ValueError, OSError):
         pass
@@ -333,7 +364,7 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
-MEMORY_WORDS = ("memory", "bad_alloc", "cannot allocate", "failed to allocate", "out of memory")
+MEMORY_WORDS = ("memory", "bad_alloc", "cannot allocate")
 
 
 def run_once(be, content: bytes) -> dict:
@@ -366,7 +397,8 @@ def run_once(be, content: bytes) -> dict:
 
 
 def serve(backend_name: str):
-    """The child: answer one JSON line per model read from stdin (8-byte length, then the bytes)."""
+    """The child: answer one JSON line per model read from stdin (8-byte length and 8-byte declared tensor
+    bytes, then the model's bytes)."""
     try:
         import resource
 
@@ -386,17 +418,18 @@ def serve(backend_name: str):
     answer.write(json.dumps({"ready": True, "backend": str(be)}) + "\n")
     src = sys.stdin.buffer
     while True:
-        head = src.read(8)
-        if len(head) < 8:
+        head = src.read(16)
+        if len(head) < 16:
             return
-        (n,) = struct.unpack("<Q", head)
+        n, declared = struct.unpack("<QQ", head)
         content = src.read(n)
         if len(content) < n:
             return
-        _limit_memory(budget(n))
+        limit = _limit_memory(budget(n, declared))
         try:
             res = run_once(be, content)
         finally:
             _unlimit_memory()
         del content
+        res["limit"] = limit
         answer.write(json.dumps(res) + "\n")

@@ -29,6 +29,7 @@ class Tensor:
     index: int
     table: int
     shape: tuple = (None, 0)  # (start of the int32 elements, count)
+    signature: tuple = (None, 0)  # shape_signature, the same way
     type_pos: int | None = None
     buffer_pos: int | None = None
     scale: tuple = (None, 0)  # float32 elements
@@ -143,7 +144,8 @@ def walk(data: bytes) -> Layout:
             ten = Tensor(gi, ti, t)
             s, n, _ = w.vector(t, 0, 4, "shape")
             ten.shape = (s, n)
-            w.vector(t, 7, 4, "shape")  # shape_signature
+            s, n, _ = w.vector(t, 7, 4, "shape")  # shape_signature
+            ten.signature = (s, n)
             ten.type_pos = w.scalar(t, 1, "type", 1)
             ten.buffer_pos = w.scalar(t, 2, "buffer_index", 4)
             w.scalar(t, 5, "flag", 1)
@@ -306,3 +308,115 @@ def fuzz_worker(model_path, count: int, seed: int, workdir, progress=None) -> di
             "tracebacks": tracebacks, "probe_children": children, "seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_child_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+# ------------------------------------------------------------------ crafted models (by patching bytes)
+
+
+def split_model(data: bytes) -> tuple:
+    """(flatbuffer, what follows it: edgetl's metadata archive)."""
+    from edge_runtime import metadata
+
+    flat, _ = metadata.split(data)
+    return bytes(flat), bytes(data[len(flat):])
+
+
+def with_input_zero_point(data: bytes, value: int) -> bytes:
+    """The model with its (quantized) input's zero point set to ``value``."""
+    flat, tail = split_model(data)
+    lay = walk(flat)
+    _, start, n = lay.subgraph_inputs[0]
+    (idx,) = struct.unpack_from("<i", flat, start)
+    t = next(t for t in lay.tensors if t.subgraph == 0 and t.index == idx)
+    zp, count = t.zero_point
+    assert zp is not None and count >= 1, "the input is not quantized"
+    b = bytearray(flat)
+    struct.pack_into("<q", b, zp, value)
+    return bytes(b) + tail
+
+
+def tensor_vtable(flat: bytes) -> int:
+    """The position of the vtable most tensors share (flatbuffers writes one vtable per table layout)."""
+    from collections import Counter
+
+    r = Reader(flat)
+    lay = walk(flat)
+    return Counter(t.table - r.i32(t.table) for t in lay.tensors).most_common(1)[0][0]
+
+
+def with_tensor_vtable_slot(data: bytes, slot: int, offset: int) -> bytes:
+    """The model with field ``slot`` of the vtable most tensors share pointing at ``offset`` (0: absent).
+    Tensor fields: 0 shape, 1 type, 2 buffer, 3 name, 4 quantization, 7 shape_signature."""
+    flat, tail = split_model(data)
+    vt = tensor_vtable(flat)
+    b = bytearray(flat)
+    struct.pack_into("<H", b, vt + 4 + 2 * slot, offset)
+    return bytes(b) + tail
+
+
+def with_subgraph_outputs(data: bytes, count: int) -> bytes:
+    """The model with the length of subgraph 0's output list set to ``count`` (0: no outputs)."""
+    flat, tail = split_model(data)
+    v, _, _ = walk(flat).subgraph_outputs[0]
+    b = bytearray(flat)
+    struct.pack_into("<I", b, v, count)
+    return bytes(b) + tail
+
+
+def with_input_shape(data: bytes, shape, signature=None) -> bytes:
+    """The model with its input tensor's shape (and, given, its shape_signature) replaced (same rank)."""
+    flat, tail = split_model(data)
+    lay = walk(flat)
+    _, start, _ = lay.subgraph_inputs[0]
+    (idx,) = struct.unpack_from("<i", flat, start)
+    t = next(t for t in lay.tensors if t.subgraph == 0 and t.index == idx)
+    b = bytearray(flat)
+    for vec, values in ((t.shape, shape), (t.signature, signature)):
+        s, n = vec
+        if values is None or s is None:
+            continue
+        assert n == len(values)
+        for i, d in enumerate(values):
+            struct.pack_into("<i", b, s + 4 * i, d)
+    return bytes(b) + tail
+
+
+def with_tensor_shape(data: bytes, shape, largest: bool = True) -> bytes:
+    """The model with the shape of its largest activation (a tensor without data) set to ``shape`` (same rank)."""
+    from edge_runtime import tflite_format
+
+    flat, tail = split_model(data)
+    st = tflite_format.parse_model(flat)
+    spans = st["buffer_spans"]
+    lay = walk(flat)
+    best = None
+    for t in lay.tensors:
+        info = st["subgraphs"][t.subgraph]["tensors"][t.index]
+        b = info["buffer"]
+        if (0 < b < len(spans) and spans[b][1]) or len(info["shape"]) != len(shape):
+            continue
+        n = tflite_format.tensor_bytes(info)
+        if best is None or n > best[0]:
+            best = (n, t)
+    t = best[1]
+    s, _ = t.shape
+    b = bytearray(flat)
+    for i, d in enumerate(shape):
+        struct.pack_into("<i", b, s + 4 * i, d)
+    return bytes(b) + tail
+
+
+def with_buffer_index(data: bytes, tensor_pick, value: int) -> bytes:
+    """The model with the buffer index of the tensor chosen by ``tensor_pick(info) -> bool`` (the first
+    one, in subgraph 0) set to ``value``."""
+    from edge_runtime import tflite_format
+
+    flat, tail = split_model(data)
+    st = tflite_format.parse_model(flat)
+    for t in walk(flat).tensors:
+        info = st["subgraphs"][t.subgraph]["tensors"][t.index]
+        if t.subgraph == 0 and t.buffer_pos is not None and tensor_pick(info):
+            b = bytearray(flat)
+            struct.pack_into("<I", b, t.buffer_pos, value)
+            return bytes(b) + tail
+    raise LookupError("no such tensor")
