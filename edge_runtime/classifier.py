@@ -305,16 +305,22 @@ class Classifier:
         return self._invoke(batch)
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        self._interp.set_tensor(self._in_index, batch)
         try:
+            self._interp.set_tensor(self._in_index, batch)
             self._interp.invoke()
-        except RuntimeError as e:  # a corrupt model that prepared but cannot run (an index out of bounds)
+            raw = self._interp.get_tensor(self._out_index)
+        except (RuntimeError, ValueError) as e:  # a corrupt model that prepared but cannot run: an index out
+            # of bounds, "Input tensor 5 lacks data", "Tensor data is null"
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             raise EdgetlError(f"{self.model.path}: the interpreter failed to run the model "
                               f"({lines[0] if lines else 'no reason given'})",
                               hint="the file is corrupt or not a model this runtime can run: copy or export it "
                                    "again") from None
-        return self._postprocess(self._interp.get_tensor(self._out_index))
+        if raw.size != batch.shape[0] * self.num_classes:  # a corrupt graph whose output changed at run time
+            raise EdgetlError(f"{self.model.path}: the model gave {raw.size} scores for {batch.shape[0]} image(s) of "
+                              f"{self.num_classes} classes (output shape {list(raw.shape)})",
+                              hint="the file is corrupt: copy or export it again")
+        return self._postprocess(raw)
 
     def _postprocess(self, raw: np.ndarray) -> np.ndarray:
         raw = raw.reshape(raw.shape[0], -1)

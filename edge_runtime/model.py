@@ -290,8 +290,11 @@ def check_image_classifier(m: LoadedModel):
         raise EdgetlError(f"{m.path}: model has {len(m.outputs)} outputs; a classifier has one score vector",
                           hint="edgetl runs single-output classifiers")
     o = m.output
-    if int(np.prod(o.shape)) != o.shape[-1] * (o.shape[0] if o.shape else 1) or len(o.shape) < 2:
+    if len(o.shape) < 2 or int(np.prod(o.shape)) != o.shape[-1] * o.shape[0]:
         raise EdgetlError(f"{m.path}: model output is not a score vector (shape {list(o.shape)})",
+                          hint="edgetl runs classifiers whose output is [batch, classes]")
+    if o.shape[0] < 1:
+        raise EdgetlError(f"{m.path}: model output has batch size {o.shape[0]} (shape {list(o.shape)})",
                           hint="edgetl runs classifiers whose output is [batch, classes]")
     if o.shape[-1] < 2:
         raise EdgetlError(f"{m.path}: model output has {o.shape[-1]} score(s); a classifier has at least 2",

@@ -135,6 +135,10 @@ class Prober:
         code = "import sys; sys.path.insert(0, sys.argv[1]); from edge_runtime.probe import serve; serve(sys.argv[2])"
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # glibc: fill fresh and freed heap memory with a pattern and check the heap on every call, so that a
+        # model which reads uninitialised or freed memory misbehaves in the child the same way every time
+        # instead of only with some heap layouts (elsewhere the variable means nothing)
+        env.setdefault("GLIBC_TUNABLES", "glibc.malloc.perturb=165:glibc.malloc.check=3")
         self._err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-c", code, root, self.backend_name], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err, env=env, close_fds=True)

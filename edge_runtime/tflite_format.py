@@ -121,6 +121,42 @@ class Reader:
         return getattr(self, kind)(p)
 
 
+# The zero points each integer type can hold.
+ZERO_POINT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int4": (-8, 7),
+                    "uint16": (0, 65535)}
+
+
+def _check_quantization(r: Reader, t: int, tensor: dict, index: int):
+    """Corrupt when a tensor's QuantizationParameters cannot be right: as many zero points as scales (or
+    none), finite non-negative scales, per-channel scales along an existing axis of that length, zero points
+    within the type's range. The interpreters read these without such checks: a zero point of -1000 on a
+    uint8 input segfaults LiteRT, a scale vector that disagrees with its axis reads past its end (a crash
+    that comes and goes with the heap's layout, so a first load in a child process cannot be sure to see it)."""
+    q = r.table(t, 4)
+    if q is None:
+        return
+    scales = r.floats(q, 2)
+    start, n_zp = r.vector(q, 3, 8)
+    if not scales and not n_zp:
+        return
+    where = f"tensor {index} ('{tensor['name']}')"
+    if n_zp not in (0, len(scales)):
+        raise Corrupt(f"{where} has {len(scales)} quantization scale(s) but {n_zp} zero point(s)")
+    if any(not (x >= 0.0 and x < float("inf")) for x in scales):
+        raise Corrupt(f"{where} has a quantization scale that is negative, infinite or not a number")
+    if len(scales) > 1:
+        axis = r.scalar(q, 6, "i32", 0)
+        shape = tensor["shape"]
+        if not 0 <= axis < len(shape) or shape[axis] != len(scales):
+            raise Corrupt(f"{where} has {len(scales)} per-channel scales along axis {axis} of shape {shape}")
+    bounds = ZERO_POINT_RANGE.get(tensor["type"])
+    if bounds and n_zp:
+        lo, hi = bounds
+        for z in struct.unpack_from(f"<{n_zp}q", r.d, start):
+            if not lo <= z <= hi:
+                raise Corrupt(f"{where} has zero point {z}, outside the {tensor['type']} range {lo}..{hi}")
+
+
 def parse_model(data: bytes, name: str = "model") -> dict:
     """Check the structure of a TFLite file and return a summary of it.
 
@@ -153,15 +189,19 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         for sg in r.tables(root, 2):
             tensors = []
             for t in r.tables(sg, 0):
+                code = r.scalar(t, 1, "u8", 0)
+                if code not in TENSOR_TYPES:
+                    raise Corrupt(f"tensor {len(tensors)} has type {code}, which TFLite does not define")
                 tensors.append(
                     {
                         "shape": r.ints(t, 0),
                         "shape_signature": r.ints(t, 7),  # -1 marks a dynamic dimension; [] when absent
-                        "type": TENSOR_TYPES.get(r.scalar(t, 1, "u8", 0), "unknown"),
+                        "type": TENSOR_TYPES[code],
                         "buffer": r.scalar(t, 2, "u32", 0),
                         "name": r.string(t, 3),
                     }
                 )
+                _check_quantization(r, t, tensors[-1], len(tensors) - 1)
             operators = []
             for op in r.tables(sg, 3):
                 idx = r.scalar(op, 0, "u32", 0)
@@ -175,11 +215,15 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             for t in tensors:
                 if t["buffer"] >= max(len(buffers), 1) and buffers:
                     raise Corrupt(f"tensor refers to buffer {t['buffer']} of {len(buffers)}")
+            graph_in, graph_out = r.ints(sg, 1), r.ints(sg, 2)
+            for t in graph_in + graph_out:
+                if not 0 <= t < len(tensors):
+                    raise Corrupt(f"the graph's input or output is tensor {t} of {len(tensors)}")
             subgraphs.append(
                 {
                     "tensors": tensors,
-                    "inputs": r.ints(sg, 1),
-                    "outputs": r.ints(sg, 2),
+                    "inputs": graph_in,
+                    "outputs": graph_out,
                     "operators": operators,
                     "name": r.string(sg, 4),
                 }

@@ -47,6 +47,15 @@ class Layout:
     def of_kind(self, *kinds) -> list:
         return [f for f in self.fields if f.kind in kinds]
 
+    def by_kind(self) -> dict:
+        """kind -> its distinct fields (a vtable shared by many tables is one field), computed once."""
+        if getattr(self, "_by_kind", None) is None:
+            groups: dict = {}
+            for f in dict.fromkeys(self.fields):
+                groups.setdefault(f.kind, []).append(f)
+            self._by_kind = groups
+        return self._by_kind
+
 
 class _Walker:
     def __init__(self, data: bytes):
@@ -209,9 +218,7 @@ def mutate(flat: bytes, layout: Layout, rng, count: int | None = None) -> tuple:
     """(mutated flatbuffer, [description]) with ``count`` (default 1-3) structural fields changed: a field
     kind is drawn uniformly (vtables, offsets, vector lengths, shapes, types, buffer and tensor indices,
     quantization scales and zero points, opcodes, options), then one field of it."""
-    by_kind: dict = {}
-    for f in layout.fields:
-        by_kind.setdefault(f.kind, []).append(f)
+    by_kind = layout.by_kind()
     kinds = sorted(by_kind)
     b = bytearray(flat)
     done = []
