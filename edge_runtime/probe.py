@@ -122,7 +122,7 @@ class Prober:
         self._err = None
         self._pump = None
         self.started = 0  # children started (the fuzz reports it)
-        self.peak_child_rss_mb = 0.0  # the largest peak resident memory of a child that ended
+        self.peak_child_rss_mb = 0.0  # the largest peak resident memory a child reported (VmHWM)
 
     def __enter__(self):
         return self
@@ -209,8 +209,7 @@ class Prober:
         self._close_pipes(p)
 
     def _reap(self, p, timeout: float | None = None) -> int:
-        """Wait for the child (killing it after ``timeout`` s); its exit status, with its peak memory noted
-        (os.wait4, where there is one)."""
+        """Wait for the child (killing it after ``timeout`` s); its exit status."""
         if hasattr(os, "wait4"):
             deadline = None if timeout is None else time.monotonic() + timeout
             while p.returncode is None:
@@ -220,7 +219,6 @@ class Prober:
                     break
                 if pid:
                     p.returncode = os.waitstatus_to_exitcode(status)
-                    self.peak_child_rss_mb = max(self.peak_child_rss_mb, ru.ru_maxrss / 1024.0)
                     break
                 if time.monotonic() > deadline:
                     p.kill()
@@ -269,6 +267,8 @@ class Prober:
         if isinstance(ans, Verdict):
             return ans
         native = self._native()
+        if isinstance(ans.get("peak_mb"), (int, float)):
+            self.peak_child_rss_mb = max(self.peak_child_rss_mb, float(ans["peak_mb"]))
         return Verdict(bool(ans.get("ok")), stage=ans.get("stage"), error=ans.get("error"),
                        memory=bool(ans.get("memory")), native=native, limit=ans.get("limit"))
 
@@ -322,6 +322,19 @@ def check(content: bytes, backend, declared_bytes: int) -> Verdict:
 
 
 # ------------------------------------------------------------------ the child side
+
+
+def peak_mb() -> float | None:
+    """This process's peak resident memory in MB (VmHWM: since its exec, unlike ru_maxrss, which counts the
+    parent's memory a vfork-started child shared before exec), or None."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _vm_bytes() -> int | None:
@@ -436,4 +449,5 @@ def serve(backend_name: str):
             _unlimit_memory()
         del content
         res["limit"] = limit
+        res["peak_mb"] = peak_mb()
         answer.write(json.dumps(res) + "\n")

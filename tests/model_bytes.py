@@ -311,10 +311,11 @@ def fuzz_worker(model_path, count: int, seed: int, workdir, progress=None) -> di
                 if len(tracebacks) < 20:
                     tracebacks.append({"mutant": k, "stage": stage, "mutation": desc, "error": f"{type(e).__name__}: {e}"[:300]})
         children = prober.started
+    peak_child = prober.peak_child_rss_mb  # the children's own VmHWM (a crashed child reports nothing)
     return {"mutants": count, "seed": seed, "model": str(model_path), "counts": counts, "crashes": crashes,
             "tracebacks": tracebacks, "probe_children": children, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_child_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(probe.peak_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_child_rss_mb": round(peak_child, 1)}
 
 
 # ------------------------------------------------------------------ crafted models (by patching bytes)

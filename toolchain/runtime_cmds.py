@@ -244,6 +244,7 @@ def info(model, as_json: bool, backend):
     d["standard_metadata"] = m.standard
     d["archive_files"] = m.archive_files
     d["metadata_problems"] = m.metadata_problems
+    d["run_error"] = m.run_error  # the interpreter's error when the crash-safety check ran the model once
     if as_json:
         print(json.dumps(d))
         return
@@ -301,3 +302,6 @@ def info(model, as_json: bool, backend):
         print("metadata   none: pass --labels, and --input-range for a float input")
     for problem in m.metadata_problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if m.run_error:
+        print(f"warning: the interpreter prepared this model but failed to run it once on a blank input "
+              f"({m.run_error}): predict will fail on it", file=sys.stderr)
