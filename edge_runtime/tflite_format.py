@@ -253,11 +253,12 @@ def parse_model(data: bytes, name: str = "model") -> dict:
 
 # ------------------------------------------------------------------ what a model may allocate
 
-# Bytes per element of each tensor type (int4 packs two per byte; strings and resources count one byte per
-# element, their real size is only known at run time).
-ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "string": 1, "bool": 1, "int16": 2,
-              "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "resource": 1, "variant": 1,
-              "uint32": 4, "uint16": 2, "int4": 0.5}
+# Bits per element of each tensor type (int4 packs two per byte; strings and resources count one byte per
+# element, their real size is only known at run time). Integers only: a corrupt shape's element count can
+# be far beyond what a float holds.
+ITEM_BITS = {"float32": 32, "float16": 16, "int32": 32, "uint8": 8, "int64": 64, "string": 8, "bool": 8, "int16": 16,
+             "complex64": 64, "int8": 8, "float64": 64, "complex128": 128, "uint64": 64, "resource": 8, "variant": 8,
+             "uint32": 32, "uint16": 16, "int4": 4}
 
 # The most a model's tensors may declare, before any interpreter allocates them. Only tensors without
 # data in the file count (activations, inputs, outputs, variables): constant tensors point into the file,
@@ -283,14 +284,25 @@ def max_tensor_bytes() -> int:
 def tensor_bytes(tensor: dict) -> int:
     """The bytes a tensor of ``parse_model``'s summary declares (its shape times its element size; a
     negative dimension, which only a corrupt file holds in ``shape``, counts as 1)."""
+    shape = tensor["shape"]
+    if 0 in shape:
+        return 0
     n = 1
-    for d in tensor["shape"]:
-        n *= d if d > 0 else (0 if d == 0 else 1)
-    return int(n * ITEM_BYTES.get(tensor["type"], 1) + 0.5)
+    for d in shape:
+        n *= max(d, 1)
+        if n > 1 << 64:  # far past any bound: stop before a corrupt shape's product grows without end
+            break
+    return (n * ITEM_BITS.get(tensor["type"], 8) + 7) // 8
 
 
-def _size(n: float) -> str:
+def _size(n: int) -> str:
+    if n >= 10**15:  # only a corrupt shape declares this much
+        return f"over 10^{int((int(n).bit_length() - 1) * 0.30103)} bytes"
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _shape(shape: list) -> str:
+    return str(shape) if len(shape) <= 8 else f"[{', '.join(map(str, shape[:8]))}, ... ({len(shape)} dimensions)]"
 
 
 def check_memory(structure: dict, name: str = "model", limit: int | None = None) -> int:
@@ -311,9 +323,12 @@ def check_memory(structure: dict, name: str = "model", limit: int | None = None)
     if total <= limit:
         return total
     n, gi, ti, t = largest
-    where = f"tensor {ti}" + (f" of subgraph {gi}" if gi else "") + (f" ('{t['name']}')" if t.get("name") else "")
-    what = (f"{where} declares {t['shape']} {t['type']} = {_size(n)}" if n > limit else
-            f"its tensors declare {_size(total)} in all (the largest, {where}, {t['shape']} {t['type']} = {_size(n)})")
+    label = str(t.get("name") or "")
+    label = label if len(label) <= 60 else label[:57] + "..."
+    where = f"tensor {ti}" + (f" of subgraph {gi}" if gi else "") + (f" ('{label}')" if label else "")
+    what = (f"{where} declares {_shape(t['shape'])} {t['type']} = {_size(n)}" if n > limit else
+            f"its tensors declare {_size(total)} in all (the largest, {where}, {_shape(t['shape'])} {t['type']} = "
+            f"{_size(n)})")
     raise EdgetlError(
         f"{name}: {what}; edgetl lets a model allocate at most {_size(limit)} of tensors",
         hint="the file is corrupt (an image classifier needs well under 1 GB); copy or export it again, or "

@@ -293,6 +293,7 @@ def fuzz_worker(model_path, count: int, seed: int, workdir, progress=None) -> di
                 m = model_mod.load(target, num_threads=1)
                 inspect_model.describe(m)
                 m.output_ends_in()
+                del m  # `info` and `predict` are separate processes: one interpreter at a time
                 stage = "predict"
                 clf = Classifier(target, num_threads=1, warn=False)
                 clf.classify(frame, bgr=True)
