@@ -53,10 +53,12 @@ def main():
         print(f"edgetl picked {Path(choice['path']).name} at {choice['threads']} thread(s): p50 {choice['p50_ms']:.3f} ms")
 
         from edge_runtime import choose
+        from edge_runtime.classifier import Classifier
 
         passing = [c for c in choose.candidates(run) if c.passed]
         threads = choose.default_threads(choose.device()["cores"])
-        table = choose.measure([(c.mode, c.path) for c in passing], threads, runs=args.rounds, warmup=20)
+        table = choose.measure([(c.mode, c.path) for c in passing], threads, runs=args.rounds, warmup=20,
+                               classifier_class=Classifier)
         best = {}
         for row in table:  # fastest first: the first row of a mode is its best thread count
             best.setdefault(row["name"], row)

@@ -141,5 +141,22 @@ def make_interpreter(backend: Backend, model_content: bytes, num_threads: int | 
         return backend.interpreter_class(**kwargs)
 
 
+# More interpreter threads than this is a typing mistake, not a machine (the interpreter takes a C int;
+# 2147483648 overflowed it with a traceback).
+MAX_THREADS = 1024
+
+
+def check_threads(n, flag: str = "--threads") -> int:
+    """``n`` as a thread count of 1..MAX_THREADS; EdgetlError naming ``flag`` otherwise."""
+    try:
+        ok = not isinstance(n, bool) and int(n) == n and 1 <= int(n) <= MAX_THREADS
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise EdgetlError(f"{flag} {n}: must be a whole number from 1 to {MAX_THREADS}",
+                          hint=f"e.g. {flag} 2, or leave it out to use every core")
+    return int(n)
+
+
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)

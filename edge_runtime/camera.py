@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import nativelog
 from .errors import EdgetlError, ImageError
 
 
@@ -77,36 +78,39 @@ def open_source(source: str):
     import cv2
 
     s = str(source)
+    if not s.strip():
+        raise _source_error(f"the video source is empty ({s!r})",
+                            hint="pass a camera index (0), a video file or a URL")
     if s.isdigit():
         kind, cap = "camera", cv2.VideoCapture(int(s))
         if not cap.isOpened():
-            raise EdgetlError(f"cannot open camera {s}: no such camera, or it is in use",
+            raise _source_error(f"cannot open camera {s}: no such camera, or it is in use",
                               hint="check the camera is connected (ls /dev/video*), or pass a video file with --source")
     elif "://" in s:
         kind, cap = "stream", cv2.VideoCapture(s)
         if not cap.isOpened():
-            raise EdgetlError(f"cannot open stream {s}", hint="check the URL and that the stream is live")
+            raise _source_error(f"cannot open stream {s}", hint="check the URL and that the stream is live")
     elif _is_video_device(s):
         kind, cap = "camera", cv2.VideoCapture(s)
         if not cap.isOpened():
-            raise EdgetlError(f"cannot open camera {s}: not a camera, or it is in use",
+            raise _source_error(f"cannot open camera {s}: not a camera, or it is in use",
                               hint="check the device (v4l2-ctl --list-devices), or pass a camera index (0)")
     else:
         from .preprocess import check_regular
 
         p = Path(s)
         if not p.exists() and not p.is_symlink():
-            raise EdgetlError(f"video file not found: {s}", hint="pass a camera index (0), a video file or a URL")
+            raise _source_error(f"video file not found: {s}", hint="pass a camera index (0), a video file or a URL")
         if p.is_dir():
-            raise EdgetlError(f"{s} is a folder, not a video", hint="pass a camera index (0), a video file or a URL")
+            raise _source_error(f"{s} is a folder, not a video", hint="pass a camera index (0), a video file or a URL")
         try:
             check_regular(p)  # never hand a named pipe or a device to the demuxer: it could block forever
         except ImageError as e:
-            raise EdgetlError(f"cannot read video file {s}: {e.reason}",
+            raise _source_error(f"cannot read video file {s}: {e.reason}",
                               hint="pass a camera index (0), a video file or a URL") from None
         kind, cap = "file", cv2.VideoCapture(str(p))
         if not cap.isOpened():
-            raise EdgetlError(f"cannot read video file {s}: not a video OpenCV can decode",
+            raise _source_error(f"cannot read video file {s}: not a video OpenCV can decode",
                               hint="convert it to MP4/AVI, or check the file is complete")
     return cap, kind
 
@@ -166,15 +170,36 @@ def draw_overlay(frame, preds, fps, cv2=None):
                 anchor_bottom=True)
 
 
+def _source_error(message: str, hint: str) -> EdgetlError:
+    e = EdgetlError(message, hint=hint)
+    e.from_source = True  # what FFmpeg/OpenCV printed may say why: run() adds its last line
+    return e
+
+
 def run(classifier, source="0", *, headless: bool = False, max_frames: int | None = None, smooth: int = 1,
         top_k: int = 3, out=None, window: str = "edgetl") -> Summary:
-    """Run the loop until the video ends, ``max_frames`` are done, or the user quits (q / Esc)."""
-    import cv2
+    """Run the loop until the video ends, ``max_frames`` are done, or the user quits (q / Esc).
 
+    What FFmpeg, OpenCV and the GUI print on stderr is held back (``nativelog``): never shown before
+    edgetl's own error; when the source fails, its last line is added to the error ("moov atom not
+    found"). A single-threaded loop: the hold is process-wide."""
     out = out or sys.stdout
     if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
             and not os.environ.get("WAYLAND_DISPLAY"):
         raise EdgetlError("no display to open a window on", hint="use --headless to print one JSON line per frame")
+    with nativelog.held() as native:
+        try:
+            return _loop(classifier, source, headless, max_frames, smooth, top_k, out, window, native)
+        except EdgetlError as e:
+            note = native.last() if getattr(e, "from_source", False) else ""
+            if not note:
+                raise
+            raise EdgetlError(f"{e.message} (FFmpeg/OpenCV: {note})", hint=e.hint) from None
+
+
+def _loop(classifier, source, headless, max_frames, smooth, top_k, out, window, native) -> Summary:
+    import cv2
+
     cap, kind = open_source(source)
     summary = Summary(source=str(source), kind=kind)
     smoother = Smoother(smooth)
@@ -187,7 +212,7 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
             if not ok or frame is None:
                 if kind == "file":
                     if summary.frames == 0:
-                        raise EdgetlError(f"no frame could be read from {source}: it is not a video OpenCV "
+                        raise _source_error(f"no frame could be read from {source}: it is not a video OpenCV "
                                           "can decode, or it is empty or damaged",
                                           hint="check that it plays in a video player; convert it to MP4 "
                                                "(H.264) or an MJPG AVI")
@@ -195,9 +220,9 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
                     break
                 what = "camera" if kind == "camera" else "stream"
                 if summary.frames == 0:
-                    raise EdgetlError(f"{what} {source} opened but delivered no frame",
+                    raise _source_error(f"{what} {source} opened but delivered no frame",
                                       hint="check the device works (another app may hold it)")
-                raise EdgetlError(f"{what} {source} stopped delivering frames after {summary.frames}",
+                raise _source_error(f"{what} {source} stopped delivering frames after {summary.frames}",
                                   hint="check the connection, then run again")
             t0 = perf()
             probs = smoother.add(classifier.probabilities(frame, bgr=True))
@@ -223,7 +248,7 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
                     cv2.imshow(window, frame)
                     key = cv2.waitKey(1) & 0xFF
                 except cv2.error as e:
-                    raise EdgetlError(f"cannot open a window ({str(e).strip().splitlines()[-1]})",
+                    raise _source_error(f"cannot open a window ({str(e).strip().splitlines()[-1]})",
                                       hint="use --headless to print one JSON line per frame") from None
                 if key in (ord("q"), 27):
                     summary.ended = "quit"
@@ -231,6 +256,8 @@ def run(classifier, source="0", *, headless: bool = False, max_frames: int | Non
             now = perf()
             summary.loop_ms.append((now - last) * 1000.0)
             last = now
+            if summary.frames % 256 == 0:
+                native.trim()
     finally:
         summary.seconds = perf() - start
         cap.release()

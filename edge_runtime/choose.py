@@ -9,23 +9,30 @@ a background load or a clock change hits all of them alike). The fastest by medi
 the device (CPU model and instruction-set flags, core count, interpreter backend) and the SHA-256 of
 every candidate file, so it is measured once per device and run.
 
-Cache: ``$EDGETL_CACHE_DIR/choices.json``, else ``$XDG_CACHE_HOME/edgetl/choices.json``, else
-``~/.cache/edgetl/choices.json``. Nothing here imports TensorFlow.
+A model counts as passed only when its bytes are those that passed: report.json records each model's
+SHA-256 with its parity result, and a file whose SHA-256 differs (replaced or changed after the build, e.g.
+``cp model_int8.tflite model_float32.tflite``) is left out of the automatic choice with a warning; ``--mode``
+still uses it, with that warning. Runs written before the SHA-256 was recorded are trusted as before.
+
+The models are timed through the classifier class the caller passes (``classifier_class``: ``Classifier``),
+so this module does not import ``classifier`` (which imports this one for ``Classifier.from_run``).
+
+Cache: ``choices.json`` in edgetl's cache folder (``cache.cache_dir()``: ``$EDGETL_CACHE_DIR``, else
+``$XDG_CACHE_HOME/edgetl``, else ``~/.cache/edgetl``). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import cache, files
 from .errors import EdgetlError
 
 CACHE_VERSION = 1
@@ -42,6 +49,8 @@ class Candidate:
     reason: str | None = None
     agreement: float | None = None
     size_bytes: int = 0
+    sha256: str = ""  # of the file as it is now
+    modified: bool = False  # report.json recorded another SHA-256 for the model that passed parity
 
 
 @dataclass
@@ -73,14 +82,18 @@ def candidates(run) -> list:
     run = Path(run)
     rep_path = run / "report.json"
     try:
-        rep = json.loads(rep_path.read_text(encoding="utf-8"))
+        rep = files.read_json(rep_path, what="report")
+        if not isinstance(rep, dict):
+            raise ValueError("not a JSON object")
         tfl = rep.get("tflite") or {}
         if not isinstance(tfl, dict):
             raise ValueError("tflite is not an object")
-    except FileNotFoundError:
-        raise EdgetlError(f"{run} is not an edgetl run folder (no report.json)",
-                          hint="pass a run folder made by `edgetl build`, or a .tflite model") from None
-    except (OSError, ValueError, AttributeError, UnicodeDecodeError) as e:
+    except files.FileProblem as e:
+        if e.missing:
+            raise EdgetlError(f"{run} is not an edgetl run folder (no report.json)",
+                              hint="pass a run folder made by `edgetl build`, or a .tflite model") from None
+        raise EdgetlError(e.message, hint="rebuild the run, or pass a .tflite model") from None
+    except (ValueError, AttributeError) as e:
         raise EdgetlError(f"{rep_path} is damaged ({e})", hint="rebuild the run, or pass a .tflite model") from None
     out = []
     for mode, r in tfl.items():
@@ -89,8 +102,18 @@ def candidates(run) -> list:
         p = run / str(r.get("path") or f"model_{mode}.tflite")
         if not p.is_file() or p.parent != run:
             continue
-        out.append(Candidate(mode=str(mode), path=p, passed=r.get("passed") is True, reason=r.get("reason"),
-                             agreement=r.get("agreement"), size_bytes=p.stat().st_size))
+        try:
+            sha = hashlib.sha256(files.read_bytes(p, files.MAX_MODEL_BYTES, "model")).hexdigest()
+        except files.FileProblem:
+            continue  # not a regular file after all, or too large: never a candidate
+        recorded = r.get("sha256")
+        modified = isinstance(recorded, str) and recorded.lower() != sha
+        passed, reason = r.get("passed") is True, r.get("reason")
+        if modified:
+            passed, reason = False, (f"{p.name} is not the model that passed parity: its SHA-256 differs from the "
+                                     "one report.json recorded (the file was replaced or changed after the build)")
+        out.append(Candidate(mode=str(mode), path=p, passed=passed, reason=reason, agreement=r.get("agreement"),
+                             size_bytes=p.stat().st_size, sha256=sha, modified=modified))
     if not out:
         raise EdgetlError(f"{run} holds no TFLite model", hint=f"convert it first: edgetl quantize {run}")
     return out
@@ -130,7 +153,7 @@ def _cpuinfo() -> dict:
 def device() -> dict:
     """What the measured speed depends on: the CPU and its instruction set, the cores, the backend."""
     from . import backends
-    from .bench import available_cores
+    from .timing import available_cores
 
     ci = _cpuinfo()
     flags = sorted(set(ci.get("flags", [])) & set(SPEED_FLAGS))
@@ -148,56 +171,23 @@ def device_key(dev: dict) -> str:
     return hashlib.sha256(json.dumps(dev, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_file() -> Path:
-    base = os.environ.get("EDGETL_CACHE_DIR")
-    if base:
-        return Path(base) / "choices.json"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "edgetl" / "choices.json"
+    return cache.cache_dir() / CACHE_NAME
+
+
+CACHE_NAME = "choices.json"
 
 
 def _load_cache() -> dict:
-    p = cache_file()
-    try:
-        if p.stat().st_size > 4 << 20:
-            return {}
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("version") != CACHE_VERSION or not isinstance(doc.get("choices"), dict):
-        return {}
-    return doc
+    return cache.read(CACHE_NAME, CACHE_VERSION, "choices")
 
 
 def _save_cache(key: str, choice: Choice):
     """Best effort (a read-only home must not stop a device from classifying): atomic write."""
-    p = cache_file()
-    doc = _load_cache() or {"version": CACHE_VERSION, "choices": {}}
+    doc = _load_cache()
     doc["choices"][key] = choice.as_dict()
-    if len(doc["choices"]) > 200:  # keep the newest 200
-        items = sorted(doc["choices"].items(), key=lambda kv: kv[1].get("measured", ""))
-        doc["choices"] = dict(items[-200:])
-    tmp = None
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".choices.", suffix=".tmp", dir=p.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, p)
-    except OSError:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    doc["choices"] = cache.keep_newest(doc["choices"], 200, "measured")  # keep the newest 200
+    cache.write(CACHE_NAME, doc)
 
 
 # ------------------------------------------------------------------ measuring
@@ -213,15 +203,15 @@ def default_threads(cores: int) -> list:
     return sorted(set(out))
 
 
-def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame=None, backend=None) -> list:
-    """Median latency of ``Classifier.classify`` for every (model, threads), in one interleaved loop
-    (``bench.time_interleaved``). ``models``: [(name, path)]. Returns [{name, path, threads, p50_ms, p90_ms}]
-    fastest first."""
-    from .bench import test_frame, time_interleaved
-    from .classifier import Classifier
+def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame=None, backend=None, *,
+            classifier_class) -> list:
+    """Median latency of ``classifier_class.classify`` (``Classifier``) for every (model, threads), in one
+    interleaved loop (``timing.time_interleaved``). ``models``: [(name, path)]. Returns [{name, path, threads,
+    p50_ms, p90_ms}] fastest first."""
+    from .timing import test_frame, time_interleaved
 
     frame = test_frame() if frame is None else frame
-    combos = [(name, path, t, Classifier(path, num_threads=t, backend=backend, warn=False))
+    combos = [(name, path, t, classifier_class(path, num_threads=t, backend=backend, warn=False))
               for name, path in models for t in threads]
     times = time_interleaved(*[lambda c=c: c.classify(frame, bgr=True) for *_, c in combos], runs=runs,
                              warmup=warmup)
@@ -232,9 +222,10 @@ def measure(models: list, threads: list, runs: int = 60, warmup: int = 10, frame
 
 
 def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, remeasure: bool = False,
-           use_cache: bool = True, frame=None, on_measure=None) -> Choice:
-    """The fastest passing model of ``run`` on this device (from the cache when it was measured here).
-    ``on_measure``: called just before measuring (not when the cache answers), e.g. to tell the user."""
+           use_cache: bool = True, frame=None, on_measure=None, *, classifier_class) -> Choice:
+    """The fastest passing model of ``run`` on this device (from the cache when it was measured here),
+    timed through ``classifier_class`` (``Classifier``). ``on_measure``: called just before measuring (not
+    when the cache answers), e.g. to tell the user."""
     run = Path(run)
     cands = candidates(run)
     passing = [c for c in cands if c.passed]
@@ -244,7 +235,7 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
                           hint="force one with --mode MODE (at your own risk), or rebuild with other settings")
     dev = device()
     thr = sorted(set(int(t) for t in threads)) if threads else default_threads(dev["cores"])
-    key = device_key({"device": dev, "models": {c.mode: _file_sha(c.path) for c in passing}, "threads": thr})
+    key = device_key({"device": dev, "models": {c.mode: c.sha256 for c in passing}, "threads": thr})
     if use_cache and not remeasure:
         hit = _load_cache().get("choices", {}).get(key)
         if isinstance(hit, dict) and Path(str(hit.get("path", ""))).name in {c.path.name for c in passing}:
@@ -258,7 +249,7 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
     if on_measure is not None:
         on_measure()
     ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, frame=frame,
-                      backend=backend)
+                      backend=backend, classifier_class=classifier_class)
     best = ranking[0]
     ch = Choice(mode=best["name"], path=str(run / Path(best["path"]).name), threads=best["threads"],
                 p50_ms=best["p50_ms"],
@@ -282,10 +273,13 @@ def describe(ch: Choice) -> str:
             f"device ({ch.p50_ms:.2f} ms{'; ' + rest if rest else ''}; {how}; --mode forces another)")
 
 
-def resolve(model, mode: str | None = None, threads: int | None = None, backend=None, say=None):
+def resolve(model, mode: str | None = None, threads: int | None = None, backend=None, say=None, *,
+            classifier_class):
     """(model path, thread count) for a .tflite file or a run folder. For a run: ``mode`` if given (a model
-    whose gate failed gets a warning), else the choice for this device (measured now if it never was).
-    ``say``: where the one-line explanation goes (e.g. a function printing to stderr)."""
+    whose gate failed, or whose bytes are not those that passed, gets a warning), else the choice for this
+    device (measured now, through ``classifier_class``, if it never was). ``say``: where the one-line
+    explanation and the warnings go (e.g. a function printing to stderr); without it, warnings are Python
+    warnings."""
     p = Path(model)
     if not p.is_dir():
         if mode:
@@ -295,12 +289,25 @@ def resolve(model, mode: str | None = None, threads: int | None = None, backend=
     if not is_run_folder(p):
         raise EdgetlError(f"{p} is a folder but not an edgetl run with TFLite models",
                           hint="pass a .tflite model, or a run folder made by `edgetl build`")
+    def warn(text):
+        if say:
+            say(f"warning: {text}")
+        else:
+            import warnings
+
+            warnings.warn(text, UserWarning, stacklevel=3)
+
     if mode:
         c = pick_mode(p, mode)
-        if not c.passed and say:
+        if c.modified:
+            warn(f"{c.reason}; using it because --mode says so")
+        elif not c.passed and say:
             say(f"warning: {c.path.name} did not pass its parity gate ({c.reason}); using it because --mode says so")
         return c.path, threads
-    ch = choose(p, backend=backend, on_measure=say and (lambda: say(
+    for c in candidates(p):
+        if c.modified:
+            warn(f"{c.reason}: left out of the choice")
+    ch = choose(p, backend=backend, classifier_class=classifier_class, on_measure=say and (lambda: say(
         f"measuring the models of {p} on this device (once; `edgetl bench {p}` shows the figures) ...")))
     if say:
         say(describe(ch))

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files, preprocess
 from . import model as model_mod
-from . import preprocess
 from .errors import EdgetlError
 from .metadata import MetadataWarning  # noqa: F401 (re-exported: warnings filter on it)
 
@@ -45,9 +45,13 @@ class Prediction:
 
 def read_labels(path) -> list[str]:
     p = Path(path)
-    if not p.is_file():
-        raise EdgetlError(f"label file not found: {p}", hint="pass a text file with one label per line")
-    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        data = files.read_bytes(p, files.MAX_TEXT_BYTES, "label file")
+    except files.FileProblem as e:
+        if e.missing:
+            raise EdgetlError(f"label file not found: {p}", hint="pass a text file with one label per line") from None
+        raise EdgetlError(e.message, hint="pass a text file with one label per line") from None
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return [ln.strip() for ln in lines]
@@ -84,7 +88,8 @@ class Classifier:
     """
 
     def __init__(self, model, num_threads: int | None = None, labels=None, backend: str | None = None,
-                 input_range=None, resize: str | None = None, warn: bool = True, cli: bool = False):
+                 input_range=None, resize: str | None = None, warn: bool = True, cli: bool = False,
+                 trusted: bool = False):
         """Open ``model`` and decide once how to feed it and how to read its scores.
 
         Args:
@@ -104,8 +109,11 @@ class Classifier:
                 either way).
             cli: phrase notes and errors for the command line (``--labels``, ``--input-range``) instead
                 of this API (``labels=``, ``input_range=``).
+            trusted: skip the crash-safety check of the first load (``model.load``): only for a file
+                edgetl itself has just written. By default a model is first opened in a child process, once
+                per model and device, so a corrupt file cannot crash this process.
         """
-        self.model = model_mod.load(model, num_threads=num_threads, backend=backend)
+        self.model = model_mod.load(model, num_threads=num_threads, backend=backend, trusted=trusted)
         model_mod.check_image_classifier(self.model)
         m = self.model
         self.meta = m.meta or {}
@@ -205,7 +213,8 @@ class Classifier:
         count the choice was measured with. Other keyword arguments go to ``Classifier``."""
         from . import choose
 
-        path, threads = choose.resolve(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"))
+        path, threads = choose.resolve(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"),
+                                       classifier_class=cls)
         return cls(path, num_threads=threads, **kwargs)
 
     # ---- input mapping, decided once
@@ -281,14 +290,37 @@ class Classifier:
     # ---- inference
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] != self._batch:
-            if not self._batch_dynamic:  # a fixed-batch model: one image at a time
-                return np.concatenate([self._run(batch[j : j + 1]) for j in range(batch.shape[0])])
-            self._interp.resize_tensor_input(self._in_index, [batch.shape[0], *self.input_size, 3])
+            if not self._batch_dynamic:  # a fixed batch of B: chunks of B, the last one padded
+                b, n = self._batch, batch.shape[0]
+                out = []
+                for s in range(0, n, b):
+                    chunk = batch[s : s + b]
+                    if chunk.shape[0] < b:
+                        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - chunk.shape[0], axis=0)])
+                    out.append(self._invoke(chunk)[: n - s])
+                return np.concatenate(out)
+            self._interp.resize_tensor_input(self._in_index, [batch.shape[0], *self.input_size, self.channels])
             self._interp.allocate_tensors()
             self._batch = batch.shape[0]
-        self._interp.set_tensor(self._in_index, batch)
-        self._interp.invoke()
-        return self._postprocess(self._interp.get_tensor(self._out_index))
+        return self._invoke(batch)
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            self._interp.set_tensor(self._in_index, batch)
+            self._interp.invoke()
+            raw = self._interp.get_tensor(self._out_index)
+        except (RuntimeError, ValueError) as e:  # a corrupt model that prepared but cannot run: an index out
+            # of bounds, "Input tensor 5 lacks data", "Tensor data is null"
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise EdgetlError(f"{self.model.path}: the interpreter failed to run the model "
+                              f"({lines[0] if lines else 'no reason given'})",
+                              hint="the file is corrupt or not a model this runtime can run: copy or export it "
+                                   "again") from None
+        if raw.size != batch.shape[0] * self.num_classes:  # a corrupt graph whose output changed at run time
+            raise EdgetlError(f"{self.model.path}: the model gave {raw.size} scores for {batch.shape[0]} image(s) of "
+                              f"{self.num_classes} classes (output shape {list(raw.shape)})",
+                              hint="the file is corrupt: copy or export it again")
+        return self._postprocess(raw)
 
     def _postprocess(self, raw: np.ndarray) -> np.ndarray:
         raw = raw.reshape(raw.shape[0], -1)
@@ -332,7 +364,7 @@ class Classifier:
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
         out = np.empty((n, self.num_classes), np.float32)
-        step = max(1, int(batch_size)) if self._batch_dynamic else 1
+        step = max(1, int(batch_size)) if self._batch_dynamic else self._batch
         for s in range(0, n, step):
             chunk = np.stack(tensors[s : s + step])
             out[s : s + chunk.shape[0]] = self._run(chunk)

@@ -47,7 +47,7 @@ def precision(m: LoadedModel) -> str:
     if types.get("float16"):
         return "float16-weights"
     if types.get("int8") or types.get("uint8"):
-        return "dynamic-range" if m.input.dtype.kind == "f" else "mixed"
+        return "dynamic-range" if m.inputs and m.input.dtype.kind == "f" else "mixed"
     return "float32"
 
 

@@ -42,11 +42,10 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from . import tflite_format
+from . import files, tflite_format
 
 FORMAT = "edgetl.metadata"
 FORMAT_VERSION = 2
@@ -383,7 +382,7 @@ def parse_model_metadata(buf) -> dict:
         raise MetadataError(f"the ModelMetadata flatbuffer is {len(buf)} bytes (at most {MAX_STANDARD_BYTES})")
     if len(buf) < 12 or buf[4:8] != STANDARD_IDENTIFIER:
         raise MetadataError("TFLITE_METADATA is not a ModelMetadata flatbuffer (no 'M001' identifier)")
-    r = tflite_format._Reader(buf)
+    r = tflite_format.Reader(buf)
     try:
         root = r.ref(0)
         out = {k: r.string(root, i) for k, i in (("name", 0), ("description", 1), ("version", 2), ("author", 4),
@@ -401,7 +400,7 @@ def parse_model_metadata(buf) -> dict:
             subgraphs.append(s)
         out["subgraphs"] = subgraphs
         out["associated_files"] = _files(r, root, 6)
-    except (tflite_format._Corrupt, struct.error) as e:
+    except (tflite_format.Corrupt, struct.error) as e:
         raise MetadataError(f"the ModelMetadata flatbuffer is corrupt ({e})") from None
     return out
 
@@ -575,7 +574,7 @@ def read_all(data, structure: dict | None = None) -> Found:
 def _bytes_of(path_or_bytes):
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         return path_or_bytes
-    return Path(path_or_bytes).read_bytes()
+    return files.read_bytes(path_or_bytes, files.MAX_MODEL_BYTES, "model")  # a regular file, size-capped
 
 
 def read(path_or_bytes) -> dict | None:

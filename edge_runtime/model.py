@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import backends, metadata, tflite_format
+from . import backends, files, metadata, nativelog, tflite_format
 from .errors import EdgetlError
 
 
@@ -75,6 +71,7 @@ class LoadedModel:
     standard: dict | None = None  # standard TFLite metadata (TFLITE_METADATA), as metadata.read_all sees it
     archive_files: list = field(default_factory=list)  # names in the ZIP archive at the end of the file
     metadata_problems: list = field(default_factory=list)  # why metadata was ignored or is incomplete
+    run_error: str | None = None  # the interpreter's error when the crash-safety check ran the model once
 
     @property
     def input(self) -> TensorInfo:
@@ -90,6 +87,8 @@ class LoadedModel:
     def output_ends_in(self) -> str | None:
         """The activation the output comes out of (SOFTMAX or LOGISTIC), looking through the
         DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it is anything else."""
+        if not self.outputs:
+            return None
         producers = {}
         for op in self._op_details:
             for t in op["outputs"]:
@@ -117,33 +116,9 @@ class LoadedModel:
     _op_details: list = field(default_factory=list, repr=False)
 
 
-@contextlib.contextmanager
-def _native_stderr_note():
-    """Hold back what the interpreter's C++ side prints on stderr while a model is prepared (the
-    "INFO: Created TensorFlow Lite XNNPACK delegate" banner); it is shown again if preparing fails."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded use): nothing to hold back
-        yield
-        return
-    with tempfile.TemporaryFile() as buf:
-        os.dup2(buf.fileno(), 2)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if not ok:
-                buf.seek(0)
-                sys.stderr.write(buf.read().decode("utf-8", "replace"))
-
-
 def check_file(path) -> Path:
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise EdgetlError(f"model file not found: {p}", hint="check the path")
     if p.is_dir():
         raise EdgetlError(f"{p} is a folder, not a .tflite model",
@@ -151,23 +126,115 @@ def check_file(path) -> Path:
     return p
 
 
-def load(path, num_threads: int | None = None, backend: str | None = None) -> LoadedModel:
+def read_model_bytes(path) -> tuple:
+    """(Path, bytes) of a model file: a regular file only (a named pipe, a socket, a device such as a link
+    to /dev/zero is refused before it is opened), at most files.MAX_MODEL_BYTES."""
     p = check_file(path)
-    content = p.read_bytes()
+    return p, files.read_bytes(p, files.MAX_MODEL_BYTES, "model")
+
+
+def check_io(structure: dict, name) -> None:
+    """EdgetlError for a model whose main subgraph has no input or no output (nothing to feed or read)."""
+    sg = structure["subgraphs"][0]
+    for what in ("inputs", "outputs"):
+        if not sg[what]:
+            raise EdgetlError(f"{name}: the model has no {what}", hint="the file is corrupt or not a model edgetl can "
+                              "run: copy or export it again")
+
+
+def check_fixed_inputs(structure: dict, name) -> None:
+    """EdgetlError for a model whose input has a dynamic size other than the batch (height and width -1):
+    the interpreter cannot prepare it without a size, and edgetl runs image classifiers of fixed size."""
+    sg = structure["subgraphs"][0]
+    for i in sg["inputs"]:
+        if not 0 <= i < len(sg["tensors"]):
+            continue
+        t = sg["tensors"][i]
+        sig = t.get("shape_signature") or []
+        if any(d < 0 for d in sig[1:]):
+            raise EdgetlError(
+                f"{name}: the model has a dynamic input size (input '{t.get('name')}' is {sig}), which edgetl "
+                "does not run: it needs a fixed height and width",
+                hint="export the model with a fixed input size, e.g. keras.Input((224, 224, 3)), then convert it again")
+
+
+def load(path, num_threads: int | None = None, backend: str | None = None, trusted: bool = False) -> LoadedModel:
+    """Open a .tflite file: read it (a regular file, size-capped), check its structure and what its tensors
+    declare (tflite_format.check_memory), read its metadata, then open it in the interpreter.
+
+    ``trusted=False`` (the default, for any file a user hands edgetl): the first load and one inference are
+    tried in a child process first (``probe``: a crash of the native interpreter there is reported as an
+    error, never taking this process down; the verdict is remembered per model and backend). ``trusted=True``
+    skips that: for a file edgetl itself has just written (the toolchain's conversions)."""
+    p, content = read_model_bytes(path)
     structure = tflite_format.parse_model(content, str(p))
+    declared = tflite_format.check_memory(structure, str(p))
+    check_io(structure, p)
+    check_fixed_inputs(structure, p)
     found = metadata.read_all(content, structure)
     be = backends.resolve(backend)
-    threads = backends.default_threads() if num_threads is None else int(num_threads)
-    with _native_stderr_note():
-        return _open(p, content, structure, found, be, threads)
+    threads = backends.default_threads() if num_threads is None else backends.check_threads(num_threads)
+    verdict = None
+    if not trusted:
+        from . import probe
+
+        verdict = probe.check(content, be, declared)
+        problem = verdict_error(p, verdict)
+        if problem is not None:
+            raise problem
+    with nativelog.held():  # the interpreter's banner; a failure's own words are in its exception
+        m = _open(p, content, structure, found, be, threads)
+    if verdict is not None and verdict.stage == "invoke":
+        m.run_error = verdict.error
+    return m
+
+
+def verdict_error(p, v) -> EdgetlError | None:
+    """The error for a probe verdict that forbids opening the model here (None: open it)."""
+    if v.ok or v.stage == "invoke" and not (v.memory or v.crashed or v.timeout):
+        return None
+    if v.crashed:
+        how = f"signal {v.signal}" if v.signal else f"exit code {v.exit_code}"
+        return EdgetlError(f"{p}: the interpreter crashed on this model ({how})",
+                           hint="the file is corrupt or was not written by a TFLite converter: copy or export it "
+                                "again (edgetl opened it in a separate process first, so nothing else was hurt)")
+    if v.timeout:
+        return EdgetlError(f"{p}: the interpreter did not finish loading and running this model once within "
+                           f"{v.timeout:.0f} s", hint="the file is corrupt, or this device is too slow for it: "
+                                                      "set EDGETL_PROBE_TIMEOUT=SECONDS to wait longer")
+    if v.memory:
+        limit = f"; its limit was {v.limit / 1e9:.1f} GB, from what its tensors declare" if v.limit else ""
+        return EdgetlError(f"{p}: the interpreter ran out of memory preparing this model ({v.error}{limit})",
+                           hint="the file is corrupt: its operators need far more memory than its tensors declare; "
+                                "copy or export it again")
+    if v.stage == "create":
+        return refused(p, v.error)
+    return cannot_prepare(p, v.error)
+
+
+def refused(p, message) -> EdgetlError:
+    return EdgetlError(f"{p}: the interpreter refused the model ({message})",
+                       hint="the file is corrupt or was written for a newer runtime")
+
+
+MISSING_OP_WORDS = ("didn't find op", "custom op", "unsupported", "not supported", "unresolved")
+
+
+def cannot_prepare(p, message) -> EdgetlError:
+    text = str(message or "").strip().splitlines()
+    first = text[0] if text else "no reason given"
+    if any(w in first.lower() for w in MISSING_OP_WORDS):
+        hint = "the model needs operators this runtime lacks; try another --backend"
+    else:
+        hint = "the file is corrupt or not a model this runtime can prepare: copy or export it again"
+    return EdgetlError(f"{p}: cannot prepare the model ({first})", hint=hint)
 
 
 def _open(p, content, structure, found, be, threads) -> LoadedModel:
     try:
         interp = backends.make_interpreter(be, content, threads)
     except ValueError as e:
-        raise EdgetlError(f"{p}: the interpreter refused the model ({e})",
-                          hint="the file is corrupt or was written for a newer runtime") from None
+        raise refused(p, e) from None
     try:
         op_details = list(interp._get_ops_details())  # before allocation: the original operators
     except Exception:  # private API; op names are informative only
@@ -175,8 +242,7 @@ def _open(p, content, structure, found, be, threads) -> LoadedModel:
     try:
         interp.allocate_tensors()
     except (RuntimeError, ValueError) as e:
-        raise EdgetlError(f"{p}: cannot prepare the model ({str(e).strip().splitlines()[0]})",
-                          hint="the model needs operators this runtime lacks; try another --backend") from None
+        raise cannot_prepare(p, e) from None
     delegated = False
     try:
         delegated = any(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
@@ -209,6 +275,9 @@ def check_image_classifier(m: LoadedModel):
         raise EdgetlError(f"{m.path}: model has {len(m.inputs)} inputs; an image classifier has one",
                           hint="edgetl runs single-image classifiers")
     i = m.input
+    if len(i.shape) == 4 and i.shape[0] < 1:
+        raise EdgetlError(f"{m.path}: model input has batch size {i.shape[0]}", hint="edgetl runs image classifiers "
+                          "whose input is [batch, height, width, 3] with a batch of at least 1")
     if len(i.shape) != 4 or i.shape[3] not in (1, 3):
         raise EdgetlError(
             f"{m.path}: model input is not an image (shape {list(i.shape)}, {i.dtype.name}); "
@@ -221,8 +290,11 @@ def check_image_classifier(m: LoadedModel):
         raise EdgetlError(f"{m.path}: model has {len(m.outputs)} outputs; a classifier has one score vector",
                           hint="edgetl runs single-output classifiers")
     o = m.output
-    if int(np.prod(o.shape)) != o.shape[-1] * (o.shape[0] if o.shape else 1) or len(o.shape) < 2:
+    if len(o.shape) < 2 or int(np.prod(o.shape)) != o.shape[-1] * o.shape[0]:
         raise EdgetlError(f"{m.path}: model output is not a score vector (shape {list(o.shape)})",
+                          hint="edgetl runs classifiers whose output is [batch, classes]")
+    if o.shape[0] < 1:
+        raise EdgetlError(f"{m.path}: model output has batch size {o.shape[0]} (shape {list(o.shape)})",
                           hint="edgetl runs classifiers whose output is [batch, classes]")
     if o.shape[-1] < 2:
         raise EdgetlError(f"{m.path}: model output has {o.shape[-1]} score(s); a classifier has at least 2",

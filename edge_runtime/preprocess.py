@@ -187,7 +187,10 @@ def decode_image(source) -> np.ndarray:
         source = io.BytesIO(source)
     fh = open_regular(source) if is_path else None
     try:
-        with Image.open(fh if fh is not None else source) as im:
+        src = fh if fh is not None else source
+        if hasattr(src, "seek") and hasattr(src, "read"):
+            check_container(src, name)
+        with Image.open(src) as im:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise ImageError(name, f"image too large ({w} x {h} = {w * h / 1e6:.0f} megapixels; the limit "
@@ -211,6 +214,101 @@ def decode_image(source) -> np.ndarray:
     finally:
         if fh is not None:
             fh.close()
+
+
+# Containers whose directory declares one size while the picture Pillow decodes is another image inside: an
+# ICO (or CUR) entry says 16 x 16 (one byte each) but points at a PNG or BMP of any size; an ICNS entry's type
+# says 1024 x 1024 but holds any PNG or JPEG 2000. Pillow decodes that inner image (its ICO plugin does so
+# inside Image.open, the largest entry; ICNS at load) before it notices the size differs, so neither the
+# declared size nor Pillow's reported size can be trusted in time: the directory is read here, before Pillow
+# sees the file, and every embedded image's real size comes from its own header (PNG IHDR, BMP info header,
+# JPEG 2000 SIZ marker or JP2 ihdr box). Other formats Pillow reads report at open the size they decode (a
+# GIF frame larger than its screen grows the size at open; MPO and multi-page TIFF decode only their first
+# image, at the size of its own header), so the MAX_PIXELS check after Image.open covers them.
+HEADER_PEEK = 256  # bytes read from the start of an embedded image to find its size
+ICO_MAGIC = (b"\0\0\1\0", b"\0\0\2\0")  # ICO, CUR
+ICNS_MAGIC = b"icns"
+
+
+def embedded_size(head: bytes, dib: bool = False):
+    """(width, height) of an image from the first bytes of its data (PNG, JPEG 2000 codestream or JP2, or
+    with ``dib`` an ICO's BMP info header, whose height counts the colour and the mask rows), or None."""
+    import struct
+
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 24:  # SIZ: Xsiz, Ysiz, XOsiz, YOsiz
+        x, y, x0, y0 = struct.unpack(">IIII", head[8:24])
+        return max(0, x - x0), max(0, y - y0)
+    if head[4:8] == b"jP  " or head[:4] == b"\x0d\x0a\x87\x0a":
+        i = head.find(b"ihdr")
+        if i >= 4 and len(head) >= i + 12:
+            h, w = struct.unpack(">II", head[i + 4 : i + 12])
+            return w, h
+        return None
+    if dib and len(head) >= 12:
+        (hsize,) = struct.unpack("<I", head[:4])
+        if hsize == 12:
+            w, h = struct.unpack("<HH", head[4:8])
+        else:
+            w, h = struct.unpack("<ii", head[4:12])
+        return abs(w), abs(h) // 2
+    return None
+
+
+def _container_entries(f, base: int) -> tuple:
+    """(format, [(offset, declared (w, h) or None, is an ICO BMP)]) of an ICO/CUR/ICNS file object, or
+    (None, []) for any other content."""
+    import struct
+
+    f.seek(base)
+    head = f.read(8)
+    out = []
+    if len(head) < 8:
+        return None, []
+    if head[:4] in ICO_MAGIC:
+        (count,) = struct.unpack("<H", head[4:6])
+        f.seek(base + 6)
+        directory = f.read(16 * count)
+        for k in range(len(directory) // 16):
+            w, h, _, _, _, _, _, offset = struct.unpack("<BBBBHHII", directory[16 * k : 16 * k + 16])
+            out.append((base + offset, (w or 256, h or 256), True))
+        return ("ICO" if head[2] == 1 else "CUR"), out
+    if head[:4] == ICNS_MAGIC:
+        pos = 8
+        (total,) = struct.unpack(">I", head[4:8])
+        while pos + 8 <= total:
+            f.seek(base + pos)
+            entry = f.read(8)
+            if len(entry) < 8:
+                break
+            (length,) = struct.unpack(">I", entry[4:8])
+            out.append((base + pos + 8, None, False))
+            if length < 8:
+                break
+            pos += length
+        return "ICNS", out
+    return None, []
+
+
+def check_container(f, name: str):
+    """ImageError when an ICO, CUR or ICNS file holds an embedded image above MAX_PIXELS, from the
+    embedded images' own headers, before Pillow decodes anything (see HEADER_PEEK's comment)."""
+    pos = f.tell()
+    try:
+        fmt, entries = _container_entries(f, pos)
+        for offset, declared, dib in entries:
+            f.seek(offset)
+            size = embedded_size(f.read(HEADER_PEEK), dib)
+            if size is None:
+                continue
+            w, h = size
+            if w * h > MAX_PIXELS:
+                says = f"declares {declared[0]} x {declared[1]} but " if declared else ""
+                raise ImageError(name, f"image too large: the {fmt} file {says}holds an image of {w} x {h} = "
+                                       f"{w * h / 1e6:.0f} megapixels (the limit is {MAX_PIXELS / 1e6:.0f})")
+    finally:
+        f.seek(pos)
 
 
 def _decode_error(name: str, ext: str, e: Exception) -> ImageError:

@@ -22,18 +22,21 @@ TENSOR_TYPES = {
 }
 
 
-class _Corrupt(Exception):
-    pass
+class Corrupt(Exception):
+    """The flatbuffer's structure is inconsistent (an offset or a length points outside the file)."""
 
 
-class _Reader:
+class Reader:
+    """Bounds-checked reads of flatbuffer scalars, tables, vectors and strings (Corrupt when out of bounds).
+    Shared by this module (the Model schema) and ``metadata`` (the ModelMetadata schema)."""
+
     def __init__(self, data: bytes):
         self.d = memoryview(data)
         self.n = len(data)
 
     def _need(self, pos: int, size: int):
         if pos < 0 or pos + size > self.n:
-            raise _Corrupt(f"offset {pos}+{size} beyond end of file ({self.n} bytes)")
+            raise Corrupt(f"offset {pos}+{size} beyond end of file ({self.n} bytes)")
 
     def u8(self, p):
         self._need(p, 1)
@@ -64,7 +67,7 @@ class _Reader:
         vt = table - self.i32(table)
         vt_size = self.u16(vt)
         if vt_size < 4 or vt_size % 2:
-            raise _Corrupt("bad vtable")
+            raise Corrupt("bad vtable")
         slot = 4 + 2 * index
         if slot >= vt_size:
             return None
@@ -118,6 +121,42 @@ class _Reader:
         return getattr(self, kind)(p)
 
 
+# The zero points each integer type can hold.
+ZERO_POINT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int4": (-8, 7),
+                    "uint16": (0, 65535)}
+
+
+def _check_quantization(r: Reader, t: int, tensor: dict, index: int):
+    """Corrupt when a tensor's QuantizationParameters cannot be right: as many zero points as scales (or
+    none), finite non-negative scales, per-channel scales along an existing axis of that length, zero points
+    within the type's range. The interpreters read these without such checks: a zero point of -1000 on a
+    uint8 input segfaults LiteRT, a scale vector that disagrees with its axis reads past its end (a crash
+    that comes and goes with the heap's layout, so a first load in a child process cannot be sure to see it)."""
+    q = r.table(t, 4)
+    if q is None:
+        return
+    scales = r.floats(q, 2)
+    start, n_zp = r.vector(q, 3, 8)
+    if not scales and not n_zp:
+        return
+    where = f"tensor {index} ('{tensor['name']}')"
+    if n_zp not in (0, len(scales)):
+        raise Corrupt(f"{where} has {len(scales)} quantization scale(s) but {n_zp} zero point(s)")
+    if any(not (x >= 0.0 and x < float("inf")) for x in scales):
+        raise Corrupt(f"{where} has a quantization scale that is negative, infinite or not a number")
+    if len(scales) > 1:
+        axis = r.scalar(q, 6, "i32", 0)
+        shape = tensor["shape"]
+        if not 0 <= axis < len(shape) or shape[axis] != len(scales):
+            raise Corrupt(f"{where} has {len(scales)} per-channel scales along axis {axis} of shape {shape}")
+    bounds = ZERO_POINT_RANGE.get(tensor["type"])
+    if bounds and n_zp:
+        lo, hi = bounds
+        for z in struct.unpack_from(f"<{n_zp}q", r.d, start):
+            if not lo <= z <= hi:
+                raise Corrupt(f"{where} has zero point {z}, outside the {tensor['type']} range {lo}..{hi}")
+
+
 def parse_model(data: bytes, name: str = "model") -> dict:
     """Check the structure of a TFLite file and return a summary of it.
 
@@ -128,7 +167,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
             f"{name}: not a TFLite model (no 'TFL3' flatbuffer identifier)",
             hint="pass a .tflite file written by a TFLite converter",
         )
-    r = _Reader(data)
+    r = Reader(data)
     try:
         root = r.ref(0)
         version = r.scalar(root, 0, "u32")
@@ -150,32 +189,41 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         for sg in r.tables(root, 2):
             tensors = []
             for t in r.tables(sg, 0):
+                code = r.scalar(t, 1, "u8", 0)
+                if code not in TENSOR_TYPES:
+                    raise Corrupt(f"tensor {len(tensors)} has type {code}, which TFLite does not define")
                 tensors.append(
                     {
                         "shape": r.ints(t, 0),
-                        "type": TENSOR_TYPES.get(r.scalar(t, 1, "u8", 0), "unknown"),
+                        "shape_signature": r.ints(t, 7),  # -1 marks a dynamic dimension; [] when absent
+                        "type": TENSOR_TYPES[code],
                         "buffer": r.scalar(t, 2, "u32", 0),
                         "name": r.string(t, 3),
                     }
                 )
+                _check_quantization(r, t, tensors[-1], len(tensors) - 1)
             operators = []
             for op in r.tables(sg, 3):
                 idx = r.scalar(op, 0, "u32", 0)
                 if idx >= len(opcodes):
-                    raise _Corrupt(f"operator refers to opcode {idx} of {len(opcodes)}")
+                    raise Corrupt(f"operator refers to opcode {idx} of {len(opcodes)}")
                 ins, outs = r.ints(op, 1), r.ints(op, 2)
                 for t in ins + outs:
                     if t >= len(tensors):
-                        raise _Corrupt(f"operator refers to tensor {t} of {len(tensors)}")
+                        raise Corrupt(f"operator refers to tensor {t} of {len(tensors)}")
                 operators.append({"opcode": idx, "inputs": ins, "outputs": outs})
             for t in tensors:
                 if t["buffer"] >= max(len(buffers), 1) and buffers:
-                    raise _Corrupt(f"tensor refers to buffer {t['buffer']} of {len(buffers)}")
+                    raise Corrupt(f"tensor refers to buffer {t['buffer']} of {len(buffers)}")
+            graph_in, graph_out = r.ints(sg, 1), r.ints(sg, 2)
+            for t in graph_in + graph_out:
+                if not 0 <= t < len(tensors):
+                    raise Corrupt(f"the graph's input or output is tensor {t} of {len(tensors)}")
             subgraphs.append(
                 {
                     "tensors": tensors,
-                    "inputs": r.ints(sg, 1),
-                    "outputs": r.ints(sg, 2),
+                    "inputs": graph_in,
+                    "outputs": graph_out,
                     "operators": operators,
                     "name": r.string(sg, 4),
                 }
@@ -184,7 +232,7 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         metadata = []  # Model.metadata: named entries that point at a buffer (e.g. "TFLITE_METADATA")
         for m in r.tables(root, 6):
             metadata.append({"name": r.string(m, 0), "buffer": r.scalar(m, 1, "u32", 0)})
-    except (_Corrupt, struct.error) as e:
+    except (Corrupt, struct.error) as e:
         raise EdgetlError(
             f"{name}: truncated or corrupt TFLite model ({e})",
             hint="copy or export the model again; the file is incomplete",
@@ -201,3 +249,88 @@ def parse_model(data: bytes, name: str = "model") -> dict:
         "metadata_names": [m["name"] for m in metadata],
         "metadata": metadata,
     }
+
+
+# ------------------------------------------------------------------ what a model may allocate
+
+# Bits per element of each tensor type (int4 packs two per byte; strings and resources count one byte per
+# element, their real size is only known at run time). Integers only: a corrupt shape's element count can
+# be far beyond what a float holds.
+ITEM_BITS = {"float32": 32, "float16": 16, "int32": 32, "uint8": 8, "int64": 64, "string": 8, "bool": 8, "int16": 16,
+             "complex64": 64, "int8": 8, "float64": 64, "complex128": 128, "uint64": 64, "resource": 8, "variant": 8,
+             "uint32": 32, "uint16": 16, "int4": 4}
+
+# The most a model's tensors may declare, before any interpreter allocates them. Only tensors without
+# data in the file count (activations, inputs, outputs, variables): constant tensors point into the file,
+# which is already capped (files.MAX_MODEL_BYTES). The interpreter's arena reuses memory between
+# activations, so what it allocates is at most this sum. The bound is relative to what image classifiers
+# need: MobileNetV2 1.0 at 224 px in float32 declares 28 MB of such tensors (its largest one 5 MB), an
+# edgetl model at 96 px under 3 MB; 2 GiB is 70 times the former and still fits the smallest device edgetl
+# targets (a 4 GB Raspberry Pi), whereas a corrupt shape ([1, 12, 16580620, 48], 9.6 GB from two mutated
+# bytes) is refused. $EDGETL_MAX_TENSOR_BYTES raises (or lowers) it for an unusually large model.
+MAX_TENSOR_BYTES = 2 << 30
+
+
+def max_tensor_bytes() -> int:
+    import os
+
+    text = os.environ.get("EDGETL_MAX_TENSOR_BYTES", "").strip()
+    try:
+        return max(1, int(float(text))) if text else MAX_TENSOR_BYTES
+    except (ValueError, OverflowError):
+        return MAX_TENSOR_BYTES
+
+
+def tensor_bytes(tensor: dict) -> int:
+    """The bytes a tensor of ``parse_model``'s summary declares (its shape times its element size; a
+    negative dimension, which only a corrupt file holds in ``shape``, counts as 1)."""
+    shape = tensor["shape"]
+    if 0 in shape:
+        return 0
+    n = 1
+    for d in shape:
+        n *= max(d, 1)
+        if n > 1 << 64:  # far past any bound: stop before a corrupt shape's product grows without end
+            break
+    return (n * ITEM_BITS.get(tensor["type"], 8) + 7) // 8
+
+
+def _size(n: int) -> str:
+    if n >= 10**15:  # only a corrupt shape declares this much
+        return f"over 10^{int((int(n).bit_length() - 1) * 0.30103)} bytes"
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _shape(shape: list) -> str:
+    return str(shape) if len(shape) <= 8 else f"[{', '.join(map(str, shape[:8]))}, ... ({len(shape)} dimensions)]"
+
+
+def check_memory(structure: dict, name: str = "model", limit: int | None = None) -> int:
+    """The bytes the model's data-less tensors declare (see MAX_TENSOR_BYTES); EdgetlError naming the
+    largest tensor when they exceed ``limit`` (default: max_tensor_bytes())."""
+    limit = max_tensor_bytes() if limit is None else limit
+    spans = structure.get("buffer_spans") or []
+    total, largest = 0, None
+    for gi, sg in enumerate(structure["subgraphs"]):
+        for ti, t in enumerate(sg["tensors"]):
+            b = t["buffer"]
+            if 0 < b < len(spans) and spans[b][1]:
+                continue  # constant: its bytes are in the file
+            n = tensor_bytes(t)
+            total += n
+            if largest is None or n > largest[0]:
+                largest = (n, gi, ti, t)
+    if total <= limit:
+        return total
+    n, gi, ti, t = largest
+    label = str(t.get("name") or "")
+    label = label if len(label) <= 60 else label[:57] + "..."
+    where = f"tensor {ti}" + (f" of subgraph {gi}" if gi else "") + (f" ('{label}')" if label else "")
+    what = (f"{where} declares {_shape(t['shape'])} {t['type']} = {_size(n)}" if n > limit else
+            f"its tensors declare {_size(total)} in all (the largest, {where}, {_shape(t['shape'])} {t['type']} = "
+            f"{_size(n)})")
+    raise EdgetlError(
+        f"{name}: {what}; edgetl lets a model allocate at most {_size(limit)} of tensors",
+        hint="the file is corrupt (an image classifier needs well under 1 GB); copy or export it again, or "
+             "raise the bound with EDGETL_MAX_TENSOR_BYTES if the model really is that large",
+    )

@@ -68,24 +68,24 @@ def test_bench_run_ranks_passing_models_and_remembers_the_choice(run_copy, cache
 
 
 def test_choice_is_measured_once_then_cached_and_remeasured_when_a_model_changes(run_copy, cache_dir):
-    a = choose.choose(run_copy, threads=[1], runs=5, warmup=1)
+    a = choose.choose(run_copy, threads=[1], runs=5, warmup=1, classifier_class=Classifier)
     assert not a.cached and a.mode in ("int8", "float16", "dynamic", "float32")
-    b = choose.choose(run_copy, threads=[1], runs=5, warmup=1)
+    b = choose.choose(run_copy, threads=[1], runs=5, warmup=1, classifier_class=Classifier)
     assert b.cached and (b.mode, b.threads, b.p50_ms) == (a.mode, a.threads, a.p50_ms)
     # a changed model file (a new conversion) is a new key: measured again
     p = run_copy / "model_float32.tflite"
     p.write_bytes(p.read_bytes() + b"\0")
-    c = choose.choose(run_copy, threads=[1], runs=5, warmup=1)
+    c = choose.choose(run_copy, threads=[1], runs=5, warmup=1, classifier_class=Classifier)
     assert not c.cached
     # a moved run still finds its remembered choice, pointing into the new place
     moved = run_copy.parent / "moved"
     run_copy.rename(moved)
-    d = choose.choose(moved, threads=[1], runs=5, warmup=1)
+    d = choose.choose(moved, threads=[1], runs=5, warmup=1, classifier_class=Classifier)
     assert d.cached and d.path.startswith(str(moved))
 
 
 def test_classifier_from_run_and_mode(run_copy, cache_dir):
-    ch = choose.choose(run_copy, runs=5, warmup=1)
+    ch = choose.choose(run_copy, runs=5, warmup=1, classifier_class=Classifier)
     clf = Classifier.from_run(run_copy)
     assert clf.model.path.name == f"model_{ch.mode}.tflite" and clf.model.num_threads == ch.threads
     f16 = Classifier.from_run(run_copy, mode="float16", num_threads=1)

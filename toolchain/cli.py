@@ -371,9 +371,10 @@ def _check_runtime_flags(top_k=None, threads=None):
     """Flags checked before the model is opened, so an error names the flag, not the model."""
     if top_k is not None and top_k < 1:
         raise EdgetlError(f"--top-k {top_k}: must be at least 1", hint="e.g. --top-k 3 (the three best classes)")
-    if threads is not None and threads < 1:
-        raise EdgetlError(f"--threads {threads}: must be at least 1",
-                          hint="e.g. --threads 2, or leave it out to use every core")
+    if threads is not None:
+        from edge_runtime import backends
+
+        backends.check_threads(threads)
 
 
 def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
@@ -381,7 +382,7 @@ def _classifier(model, threads, labels, backend, input_range, resize=None, mode=
     from edge_runtime.classifier import Classifier
 
     model, threads = choose.resolve(model, mode=mode, threads=threads, backend=backend,
-                                    say=lambda m: print(m, file=sys.stderr, flush=True))
+                                    say=lambda m: print(m, file=sys.stderr, flush=True), classifier_class=Classifier)
     clf = Classifier(model, num_threads=threads, labels=labels, backend=backend, input_range=input_range,
                      resize=resize, warn=False, cli=True)
     for note in clf.notes:
@@ -426,7 +427,8 @@ def predict(
     _check_runtime_flags(top_k, threads)
     clf = _classifier(model, threads, labels, backend, input_range, resize, mode)
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    runtime_cmds.predict(clf, paths, top_k, fmt)
+    with runtime_cmds.pipe_closed_is_the_end():
+        runtime_cmds.predict(clf, paths, top_k, fmt)
 
 
 @app.command(cls=_PlainHelpCommand, short_help="Classify a camera, video file or stream: a window, or JSON lines.")
@@ -448,11 +450,14 @@ def camera(
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
 
+    from . import runtime_cmds
+
     if smooth < 1 or (max_frames is not None and max_frames < 1):
         raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
     _check_runtime_flags(top_k, threads)
     clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
-    summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
+    with runtime_cmds.pipe_closed_is_the_end():
+        summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()
     print(f"{s['frames']} frames in {s['seconds']:.1f}s: {s['mean_fps']:.1f} FPS mean, classify p50 "
           f"{s['latency_ms_p50']:.2f} ms, loop p50 {s['loop_ms_p50']:.2f} ms ({s['ended']})", file=sys.stderr)
@@ -481,10 +486,11 @@ def bench(
     count, ranked, and the fastest remembered as this device's choice (predict and camera use it)."""
     from . import runtime_cmds
 
-    if model.is_dir():
-        runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
-    else:
-        runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend)
+    with runtime_cmds.pipe_closed_is_the_end():
+        if model.is_dir():
+            runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
+        else:
+            runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend)
 
 
 @app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")
@@ -496,7 +502,8 @@ def info(
     """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model."""
     from . import runtime_cmds
 
-    runtime_cmds.info(model, as_json, backend)
+    with runtime_cmds.pipe_closed_is_the_end():
+        runtime_cmds.info(model, as_json, backend)
 
 
 # ------------------------------------------------------------------ entry point

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -81,9 +82,10 @@ def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(
                           hint=f"see {log_path}" if log_path else "run again with a supported model") from None
 
 
-def check_full_integer(path: Path):
-    """EdgetlError naming the operators that still compute in float, if any."""
-    m = model_mod.load(path, num_threads=1)
+def check_full_integer(path: Path, trusted: bool = True):
+    """EdgetlError naming the operators that still compute in float, if any. ``trusted``: the file is a
+    conversion edgetl just wrote (no crash-safety probe, see edge_runtime.model.load)."""
+    m = model_mod.load(path, num_threads=1, trusted=trusted)
     bad = inspect_model.float_ops(m)
     if bad:
         names = ", ".join(f"{b['op']} (#{b['index']})" for b in bad[:12])
@@ -179,7 +181,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             flat, recipes_tried, recipe = _best_int8(model, calibration, io_used, value_range, log_dir, evalset, labels,
                                              draft, tmp)
         seconds = time.perf_counter() - t0
-        loaded = check_full_integer(tmp) if mode == "int8" else model_mod.load(tmp, num_threads=1)
+        loaded = check_full_integer(tmp) if mode == "int8" else model_mod.load(tmp, num_threads=1, trusted=True)
         result = {"mode": mode, "io": io_used, "convert_seconds": round(seconds, 2),
                   "full_integer": not inspect_model.float_ops(loaded),
                   "precision": inspect_model.precision(loaded), "backend": str(loaded.backend)}
@@ -192,7 +194,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             ev = evalset
             if ev.p_keras is None:
                 ev.p_keras = parity.keras_probabilities(model, ev.tensors, value_range)
-            clf = Classifier(tmp, num_threads=2, warn=False)
+            clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
             p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
             cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
@@ -206,7 +208,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             else:
                 result["test_accuracy"] = cmp.get("tflite_accuracy")
                 result["confusion"] = cmp.get("confusion")
-            result["latency_ms"] = parity.tflite_latency(tmp, ev.tensors[0])
+            result["latency_ms"] = parity.tflite_latency(tmp, ev.tensors[0], trusted=True)
             result["latency_ms_p50"] = result["latency_ms"]["1"]
             figures = {"data": ev.desc, **{k: cmp.get(k) for k in PARITY_KEYS},
                        "test_accuracy": result.get("test_accuracy"),
@@ -216,6 +218,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         runfolder.write_bytes(out_path, final)
         result["path"] = out_path.name
         result["size_bytes"] = len(final)
+        result["sha256"] = hashlib.sha256(final).hexdigest()  # the bytes that passed (or failed) parity
         result["flatbuffer_bytes"] = len(flat)
         runfolder.write_json(out_path.with_suffix(".json"), {"file": out_path.name, "size_bytes": len(final),
                                                               "metadata": meta_mod.read(final),
@@ -242,7 +245,7 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
         flat = convert(model, "int8", calib, io, value_range, _log(log_dir, "int8"),
                        per_channel=opts["per_channel"])
         draft(flat)
-        clf = Classifier(tmp, num_threads=2, warn=False)
+        clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
         p = parity.tflite_probabilities(clf, evalset.tensors[sel])
         m = metrics.parity(evalset.p_keras[sel], p)
         entry = {"recipe": name, "selection_n": m["n"], "selection_agreement": m["agreement"],
@@ -324,7 +327,7 @@ def _public(r: dict) -> dict:
 
 def _load_bytes(flat: bytes, tmp: Path):
     tmp.write_bytes(flat)
-    return model_mod.load(tmp, num_threads=1)
+    return model_mod.load(tmp, num_threads=1, trusted=True)
 
 
 def calibration_from_run(ds, cfg) -> np.ndarray:
@@ -454,7 +457,7 @@ def mediapipe_estimate(result: dict, path: Path, ds) -> None:
     from edge_runtime.preprocess import fit_like_mediapipe
 
     try:
-        clf = Classifier(path, num_threads=2, warn=False)
+        clf = Classifier(path, num_threads=2, warn=False, trusted=True)
         key = (str(ds.data_dir), ds.image_size, tuple(clf.input_size))
         if key not in _mp_cache:
             rows, squashed = [], []

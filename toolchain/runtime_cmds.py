@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
-from edge_runtime import preprocess
+from edge_runtime import nativelog, preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
 from . import ui
@@ -59,10 +61,16 @@ def predict(clf, paths, top_k: int, fmt: str, out=None) -> dict:
 
     for p in _expand(paths, pending):
         flush_pending()
-        try:
-            probs = clf.probabilities(preprocess.decode_image(p))
-        except ImageError as e:
-            report(p, e.reason, isinstance(e, preprocess.NotAnImage))
+        failure = None
+        with nativelog.held() as native:  # libtiff's and other decoders' chatter: shown only for a failure
+            try:
+                probs = clf.probabilities(preprocess.decode_image(p))
+            except ImageError as e:
+                failure = e
+        if failure is not None:
+            note = native.last()
+            report(p, failure.reason + (f" (the decoder said: {note})" if note else ""),
+                   isinstance(failure, preprocess.NotAnImage))
             continue
         if not all(math.isfinite(float(x)) for x in probs):
             n["not_finite"] += 1
@@ -111,14 +119,32 @@ def predict(clf, paths, top_k: int, fmt: str, out=None) -> dict:
     return n
 
 
+@contextlib.contextmanager
+def pipe_closed_is_the_end():
+    """A reader that stops reading (``edgetl predict ... --json | head -1``) is a normal end: exit 0, with
+    nothing more written (stdout is pointed at the null device so the final flush cannot fail again)."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(0) from None
+
+
 def _parse_threads(text: str) -> list:
     try:
         t = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         t = []
-    if not t or any(x < 1 for x in t):
-        raise EdgetlError(f"--threads {text!r} is not a list of thread counts (whole numbers, each at least 1)",
-                          hint="e.g. --threads 1,2,4")
+    from edge_runtime import backends
+
+    if not t or any(not 1 <= x <= backends.MAX_THREADS for x in t):
+        raise EdgetlError(f"--threads {text!r} is not a list of thread counts (whole numbers from 1 to "
+                          f"{backends.MAX_THREADS})", hint="e.g. --threads 1,2,4")
     return t
 
 
@@ -176,8 +202,10 @@ def bench_run(run, threads, runs, warmup, image, as_json, backend):
         import cv2
 
         frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
+    from edge_runtime.classifier import Classifier
+
     ch = choose.choose(run, threads=thread_counts, backend=backend, runs=runs, warmup=warmup, remeasure=True,
-                       frame=frame)
+                       frame=frame, classifier_class=Classifier)
     sizes = {c.mode: c.size_bytes for c in choose.candidates(run)}
     if as_json:
         print(json.dumps({"run": str(run), "choice": ch.as_dict(), "sizes": sizes, "cache": str(choose.cache_file())}))
@@ -216,6 +244,7 @@ def info(model, as_json: bool, backend):
     d["standard_metadata"] = m.standard
     d["archive_files"] = m.archive_files
     d["metadata_problems"] = m.metadata_problems
+    d["run_error"] = m.run_error  # the interpreter's error when the crash-safety check ran the model once
     if as_json:
         print(json.dumps(d))
         return
@@ -273,3 +302,6 @@ def info(model, as_json: bool, backend):
         print("metadata   none: pass --labels, and --input-range for a float input")
     for problem in m.metadata_problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if m.run_error:
+        print(f"warning: the interpreter prepared this model but failed to run it once on a blank input "
+              f"({m.run_error}): predict will fail on it", file=sys.stderr)

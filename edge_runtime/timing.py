@@ -1,0 +1,77 @@
+"""Timing and measuring helpers shared by ``bench`` (one model) and ``choose`` (a run's models): percentiles,
+peak memory, a deterministic test frame, the cores this process may use, and the interleaved timer.
+Imports nothing of edge_runtime, so every module can use it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def percentiles(ms) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p90": round(float(np.percentile(a, 90)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+    }
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0), 1)
+
+
+def test_frame(width: int = 640, height: int = 480, seed: int = 0) -> np.ndarray:
+    """A deterministic, photo-like BGR frame (smooth gradients plus noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=2)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+FPS_BASIS = "1000 / mean classify ms"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else all cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def time_calls(fn, runs: int, warmup: int) -> list:
+    for _ in range(warmup):
+        fn()
+    perf = time.perf_counter
+    out = []
+    for _ in range(runs):
+        t0 = perf()
+        fn()
+        out.append((perf() - t0) * 1000.0)
+    return out
+
+
+def time_interleaved(*fns, runs: int, warmup: int) -> list:
+    """Time every function of ``fns`` in one loop: each round calls each once, in an order rotated from
+    round to round (a, b, c, then b, c, a, ...), so none always runs on another's warm caches and a change
+    of load hits them all alike. Returns one list of milliseconds per function."""
+    n = len(fns)
+    for i in range(warmup):
+        for j in range(n):
+            fns[(i + j) % n]()
+    perf = time.perf_counter
+    out = [[] for _ in fns]
+    for i in range(runs):
+        for j in range(n):
+            k = (i + j) % n
+            t0 = perf()
+            fns[k]()
+            out[k].append((perf() - t0) * 1000.0)
+    return out
