@@ -123,17 +123,20 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     import os
 
     from . import distributed
+    from .config import check_number
 
-    if worker_timeout is not None and not 1 <= worker_timeout <= 86400:
-        raise EdgetlError(f"--worker-timeout {worker_timeout:g} is out of range", hint="use 1 to 86400 seconds")
+    check_number("worker_timeout", worker_timeout, "--worker-timeout")
     settings = distributed.child_settings()
     if settings is not None:  # a worker started by the supervisor below: TF_CONFIG says which
         from . import collective
+
+        distributed.die_with_supervisor(settings)
 
         cl = distributed.parse_tf_config(os.environ.get("TF_CONFIG", ""))
         ctx = collective.Context(cl, devices, settings.get("timeout", distributed.DEFAULT_TIMEOUT), settings)
         call(dist=ctx)
         return ctx.chief
+    distributed.sweep_stale_scratch()  # what a killed supervisor left in the temporary folder
     plan = distributed.plan(cluster, task_index, local_workers)
     if plan is None:
         call(devices=devices)
@@ -330,6 +333,7 @@ def parity(
     from . import parity_cmd
 
     config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
+    _check_numbers(threads=threads)
 
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
                             labels=labels, input_range=input_range, resize=resize, threads=threads)
@@ -366,13 +370,17 @@ def clean(
 # ------------------------------------------------------------------ runtime verbs (no TensorFlow)
 
 
+def _check_numbers(**values):
+    """Numeric flags, checked before anything is opened (so an error names the flag, not the model),
+    through the one range table every number edgetl takes goes through (config.RANGES)."""
+    from .config import check_number
+
+    for name, v in values.items():
+        check_number(name, v, "--" + name.replace("_", "-"))
+
+
 def _check_runtime_flags(top_k=None, threads=None):
-    """Flags checked before the model is opened, so an error names the flag, not the model."""
-    if top_k is not None and top_k < 1:
-        raise EdgetlError(f"--top-k {top_k}: must be at least 1", hint="e.g. --top-k 3 (the three best classes)")
-    if threads is not None and threads < 1:
-        raise EdgetlError(f"--threads {threads}: must be at least 1",
-                          hint="e.g. --threads 2, or leave it out to use every core")
+    _check_numbers(top_k=top_k, threads=threads)
 
 
 def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
@@ -447,9 +455,7 @@ def camera(
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
 
-    if smooth < 1 or (max_frames is not None and max_frames < 1):
-        raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
-    _check_runtime_flags(top_k, threads)
+    _check_numbers(smooth=smooth, max_frames=max_frames, top_k=top_k, threads=threads)
     clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
     summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()
@@ -480,6 +486,7 @@ def bench(
     count, ranked, and the fastest remembered as this device's choice (predict and camera use it)."""
     from . import runtime_cmds
 
+    _check_numbers(runs=runs, warmup=warmup)
     if model.is_dir():
         runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
     else:
@@ -571,8 +578,10 @@ def main(argv=None):
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             sys.exit(0)
+        from .schema import user_path
+
         name = errno.errorcode.get(e.errno or 0, "")
-        where = e.filename if e.filename is not None else ""
+        where = user_path(e.filename) if e.filename is not None else ""  # the run, not its staged copy
         _fail(f"{where}: {e.strerror or e}" if where else f"{e.strerror or e}",
               OS_HINTS.get(name, "check the path and that the disk is writable"), 2)
     except ImportError as e:

@@ -386,7 +386,7 @@ class _OwnRows:
 
 
 def _decode(paths: list, images, size: int, policy: str, desc: str) -> dict:
-    """Decode ``paths`` into ``images[i]``; returns {i: (reason or None, sha1 or None)}."""
+    """Decode ``paths`` into ``images[i]``; returns {i: (reason or None, sha256 or None)}."""
     out = {}
     with ui.Progress(len(paths), desc) as bar, ThreadPoolExecutor(data_mod._workers()) as pool:
         for i, (px, digest, reason) in enumerate(pool.map(lambda p: data_mod._read_one(p, size, policy), paths,
@@ -453,7 +453,8 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
         final.unlink(missing_ok=True)
         raise
     images = ShardedImages(ctx, np.load(final, mmap_mode="r"), owner, index, (len(owner), size, size, 3))
-    ds = data_mod.Dataset(data_dir, classes, layout, size, cfg.resize, images, files, skipped, [], test_is_val)
+    ds = data_mod.Dataset(data_dir, classes, layout, size, cfg.resize, images, files, skipped, [], test_is_val,
+                          hashes={rel: hashes[rel] for items in files.values() for rel, _, _ in items})
     data_mod._warn_quality(ds, hashes)
     if test_is_val:
         ds.notes.append("no test/ folder: the val split is also used as the test split")
@@ -478,14 +479,14 @@ def _write_shard_index(ds, run_dir: Path, ctx: Context):
 
 
 def load_dataset(doc: dict, run_dir: Path, ctx: Context):
-    """data.load on N workers, from the chief's split.json ``doc``: each worker decodes its rows again."""
-    try:
-        data_dir = Path(doc["data_dir"])
-        items = [rel for s in doc["files"].values() for rel, _ in s]
-        size, policy = int(doc["image_size"]), doc["resize"]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise EdgetlError("split.json of the run is damaged (fields missing)",
-                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
+    """data.load on N workers, from the chief's split.json ``doc`` (checked whole by schema.read_split):
+    each worker decodes its rows again; photos whose content changed since the run was made are named."""
+    from . import schema
+
+    schema.check(doc, schema.split_shape(doc), "split.json", schema.rebuild_hint("RUN", doc.get("data_dir")))
+    data_dir = Path(doc["data_dir"])
+    items = [rel for s in doc["files"].values() for rel, _ in s]
+    size, policy = doc["image_size"], doc["resize"]
     mine = list(range(ctx.rank, len(items), ctx.n))
     cache_dir = Path(run_dir) / "cache-shard"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -496,7 +497,11 @@ def load_dataset(doc: dict, run_dir: Path, ctx: Context):
     local.flush()
     del local
     bad = [{"path": items[j], "reason": got[i][0]} for i, j in enumerate(mine) if got[i][0] is not None]
+    recorded = doc.get("sha256") or {}
+    changed = [items[j] for i, j in enumerate(mine) if got[i][0] is None and items[j] in recorded
+               and recorded[items[j]] != got[i][1]]
     bad = [b for part in ctx.allgather_json(bad) for b in part]
+    changed = sorted(c for part in ctx.allgather_json(changed) for c in part)
     if bad:
         raise EdgetlError(f"{data_dir / bad[0]['path']}: {bad[0]['reason']} (it was readable when the run was made)",
                           hint="restore the data folder recorded in split.json (on every worker), or start a new run")
@@ -506,5 +511,10 @@ def load_dataset(doc: dict, run_dir: Path, ctx: Context):
     images = ShardedImages(ctx, np.load(tmp, mmap_mode="r"), owner, index, (len(items), size, size, 3))
     rows = {rel: r for r, rel in enumerate(items)}
     files = {s: [[rel, lab, rows[rel]] for rel, lab in v] for s, v in doc["files"].items()}
+    notes = list(doc.get("notes", []))
+    note = data_mod.changed_photos_note(changed, len(items), doc)
+    if note:
+        notes.append(note)
     return data_mod.Dataset(data_dir, doc["classes"], doc["layout"], size, policy, images, files,
-                            doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
+                            doc.get("skipped", []), notes, doc.get("test_is_val", "test" not in doc["files"]),
+                            hashes=dict(recorded))

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder, ui
+from .data import printable
 
 
 def mb(nbytes) -> str:
@@ -47,9 +48,19 @@ def _plt():
 
 
 def _save(fig, path: Path):
+    def savefig(tmp):
+        try:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        except OSError as e:
+            if e.filename is None:  # "No space left on device" without the file: name the plot
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+            raise
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    runfolder.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    _plt().close(fig)
+    try:
+        runfolder.save_with(path, savefig)
+    finally:
+        _plt().close(fig)
 
 
 def training_outcome(rep: dict) -> dict:
@@ -292,7 +303,7 @@ def write(run: Path, rep: dict, name: str | None = None):
         lines.append("")
         if rep.get("skipped"):
             lines += [f"Skipped {len(rep['skipped'])} unreadable file(s):", ""]
-            lines += [f"- `{s['path']}`: {s['reason']}" for s in rep["skipped"][:50]]
+            lines += [f"- `{printable(s['path'])}`: {printable(s['reason'])}" for s in rep["skipped"][:50]]
             lines.append("")
         for n in rep.get("notes") or []:
             lines.append(f"> note: {n}")
