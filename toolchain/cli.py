@@ -126,6 +126,9 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     from .config import check_number
 
     check_number("worker_timeout", worker_timeout, "--worker-timeout")
+    from .collective import parse_devices
+
+    parse_devices(devices)  # a typo fails now, not after TensorFlow has loaded
     settings = distributed.child_settings()
     if settings is not None:  # a worker started by the supervisor below: TF_CONFIG says which
         from . import collective
@@ -487,6 +490,9 @@ def bench(
     from . import runtime_cmds
 
     _check_numbers(runs=runs, warmup=warmup)
+    for t in (threads or "").split(","):
+        if t.strip().isascii() and t.strip().isdigit():
+            _check_numbers(threads=int(t))
     if model.is_dir():
         runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
     else:

@@ -285,9 +285,11 @@ def select_devices(spec: str | None):
     ``gpu:0,gpu:1`` (or ``0,1``), or ``cpu:0,cpu:1`` (the CPU split into that many logical devices, to try
     several-device training without GPUs). Returns the device names for MirroredStrategy (None: its
     default)."""
+    parsed = parse_devices(spec)
     tf = modeling.import_keras()[0]
-    if spec is None or spec.strip().lower() in ("", "all"):
+    if parsed is None:
         return None
+    _, idx = parsed
     items = [s.strip().lower() for s in spec.split(",") if s.strip()]
     gpus = tf.config.list_physical_devices("GPU")
     if items == ["cpu"]:
@@ -299,17 +301,34 @@ def select_devices(spec: str | None):
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()
                                                              for _ in items])
         return [f"/cpu:{i}" for i in range(len(items))]
-    try:
-        idx = [int(i.split(":", 1)[1] if i.startswith("gpu:") else i) for i in items]
-    except ValueError:
-        raise EdgetlError(f"--devices {spec!r} is not a device list",
-                          hint="e.g. --devices gpu:0,gpu:1, --devices cpu, or --devices all") from None
     bad = [i for i in idx if not 0 <= i < len(gpus)]
     if bad:
         raise EdgetlError(f"--devices {spec}: this machine has {len(gpus)} GPU(s) visible to TensorFlow",
                           hint='check `nvidia-smi` and that TensorFlow sees them (pip install "edgetl[gpu]")')
     tf.config.set_visible_devices([gpus[i] for i in idx], "GPU")
     return [f"/gpu:{k}" for k in range(len(idx))]
+
+
+_DEVICE = re.compile(r"cpu(?::([0-9]{1,3}))?|gpu:([0-9]{1,3})|([0-9]{1,3})")
+
+
+def parse_devices(spec: str | None):
+    """``--devices`` read without TensorFlow (so a typo fails at once): None for all, else (kind, indices)
+    with kind "cpu" (``cpu``: one device; ``cpu:0,cpu:1``: the CPU split in two) or "gpu"."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    items = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    hint = "e.g. --devices gpu:0,gpu:1, --devices cpu, --devices cpu:0,cpu:1, or --devices all"
+    matches = [_DEVICE.fullmatch(i) for i in items]
+    if not items or not all(matches):
+        raise EdgetlError(f"--devices {spec!r} is not a device list", hint=hint)
+    kinds = {"cpu" if i.startswith("cpu") else "gpu" for i in items}
+    if len(kinds) != 1 or (kinds == {"cpu"} and len(items) > 1 and "cpu" in items):
+        raise EdgetlError(f"--devices {spec!r} mixes kinds of devices", hint=hint)
+    idx = [int(m.group(1) or m.group(2) or m.group(3) or 0) for m in matches]
+    if len(set(idx)) != len(idx):
+        raise EdgetlError(f"--devices {spec!r} names a device twice", hint=hint)
+    return kinds.pop(), idx
 
 
 def wants_strategy(devices: str | None) -> bool:
