@@ -423,7 +423,7 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
     writes split.json, labels.txt and its shard of the cache into ``run_dir`` (the chief)."""
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
-    layout, classes, groups = data_mod.scan(data_dir)
+    layout, classes, groups = data_mod.scan(data_dir, warn=False)  # the precheck said what is ignored
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     listing = hashlib.sha1("\n".join(f"{p.relative_to(data_dir)}|{lab}|{g}" for p, lab, g in all_files)
                            .encode("utf-8")).hexdigest()

@@ -196,7 +196,7 @@ def validate(cfg: Config) -> Config:
     if cfg.alpha not in ALPHAS:
         bad(f"alpha {cfg.alpha} is not a MobileNetV2 width", f"use one of {', '.join(map(str, ALPHAS))}")
     if cfg.resize not in RESIZE_POLICIES:
-        bad(f"resize policy {cfg.resize!r} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
+        bad(f"resize policy {shown(cfg.resize)} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
     try:
         sp = [float(x) for x in cfg.split]
     except (TypeError, ValueError):
@@ -219,10 +219,10 @@ def validate(cfg: Config) -> Config:
             "--quantize int8")
     for m in cfg.quantize:
         if m not in MODES:
-            bad(f"quantization mode {m!r} is unknown", f"use one of {', '.join(MODES)}")
+            bad(f"quantize: mode {shown(m)} is unknown", f"use one of {', '.join(MODES)}")
     cfg.quantize = list(dict.fromkeys(cfg.quantize))
     if cfg.io not in IO_TYPES:
-        bad(f"io type {cfg.io!r} is unknown", f"use one of {', '.join(IO_TYPES)}")
+        bad(f"io type {shown(cfg.io)} is unknown", f"use one of {', '.join(IO_TYPES)}")
     return cfg
 
 

@@ -306,7 +306,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
     not_read = []  # not regular files, unreadable folders: never opened, listed with the skipped files
-    layout, classes, groups = scan(data_dir, not_read)
+    layout, classes, groups = scan(data_dir, not_read, warn=False)  # the CLI's precheck said what is ignored
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     n = len(all_files)
     cache_dir = run_dir / "cache"
@@ -356,7 +356,7 @@ def organise(data_dir: Path, layout: str, classes: list, groups: dict, all_files
     if skipped:
         ui.warn(f"{len(skipped)} file(s) skipped:")
         for s in skipped[:20]:
-            ui.info(f"  {s['path']}: {s['reason']}")
+            ui.info(f"  {printable(s['path'])}: {s['reason']}")
         if len(skipped) > 20:
             ui.info(f"  ... and {len(skipped) - 20} more (all listed in report.json)")
         if cfg.strict:
@@ -508,6 +508,7 @@ def changed_photos_note(changed: list, total: int, doc: dict) -> str | None:
     warn naming them and say what is done (they are used as they are now), and return the note."""
     if not changed:
         return None
+    changed = sorted(changed)
     names = ", ".join(printable(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
     note = (f"{len(changed)} of {total} photos changed in {printable(doc['data_dir'])} since the run was made "
             f"(same name, other content): {names}")

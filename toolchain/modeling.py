@@ -174,9 +174,12 @@ def save(model, path, info: dict | None = None):
 def read_info(path) -> dict | None:
     """The edgetl info stored in a .keras file by ``save`` (no TensorFlow needed), or None."""
     import json
+    import stat
     import zipfile
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block the open for ever
+            return None
         with zipfile.ZipFile(path) as z:
             zi = z.getinfo(KERAS_INFO)
             if zi.file_size > 1 << 20:

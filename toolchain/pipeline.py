@@ -49,7 +49,7 @@ def _dataset_section(ds) -> dict:
 def _precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
-    data_mod.scan(data_dir, warn=False)  # a bad data folder fails before anything is written (warnings: later)
+    data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
     modeling.check_weights_arg(cfg.weights)
 
 
