@@ -9,8 +9,10 @@ TensorFlow's converter and run by a real TFLite interpreter.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +140,65 @@ def test_models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("test_models")
     make_test_models.make_all(out)
     return out
+
+
+# ------------------------------------------------------------------ the hostile corpus's helpers and its run
+
+
+FAST_TRAIN = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "2", "--batch-size", "8",
+              "--seed", "7"]
+FAST = FAST_TRAIN + ["--fine-tune-epochs", "0", "--quantize", "float32", "--min-agreement", "0", "--max-drop", "100"]
+
+
+def snapshot(root: Path, skip=()) -> dict:
+    """Every file and folder under ``root`` (but ``skip``): relative path -> (kind, size, sha1)."""
+    out = {}
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = [x for x in dirnames if (d / x) not in skip]
+        for name in dirnames:
+            out[str((d / name).relative_to(root))] = ("dir",)
+        for name in filenames:
+            p = d / name
+            if p in skip:
+                continue
+            out[str(p.relative_to(root))] = ("file", p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+    return out
+
+
+def assert_user_error(r, *phrases):
+    """Exit 2, one error line and one hint line, no traceback, the phrases in the error."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    hints = [ln for ln in r.stderr.splitlines() if ln.startswith("hint: ")]
+    assert len(errors) == 1 and len(hints) == 1, r.stderr[-3000:]
+    for p in phrases:
+        assert p in errors[0] or p in hints[0], (p, r.stderr[-3000:])
+
+
+def leftovers(run: Path) -> list:
+    """edgetl's hidden siblings of a run folder (staged runs, moved-aside runs, lock files)."""
+    return sorted(p.name for p in run.parent.iterdir() if p.name.startswith(f".{run.name}.edgetl-"))
+
+
+# ------------------------------------------------------------------ a run to be hostile to
+
+
+@pytest.fixture(scope="session")
+def fast_run_template(tmp_path_factory, tiny_data):
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow (pip install '.[train]')")
+    run = tmp_path_factory.mktemp("hostile") / "template"
+    r = run_cli("build", tiny_data, "--out", run, *FAST, "--keep-cache", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+@pytest.fixture
+def good_run(fast_run_template, tmp_path):
+    """A private copy of a complete run, in its own folder (runs/good), beside nothing else."""
+    run = tmp_path / "runs" / "good"
+    shutil.copytree(fast_run_template, run, symlinks=True)
+    return run

@@ -9,7 +9,6 @@ are compared byte for byte before and after).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,72 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import requires_tf, run_cli, write_dataset
-
-FAST_TRAIN = ["--alpha", "0.35", "--image-size", "96", "--weights", "none", "--epochs", "2", "--batch-size", "8",
-              "--seed", "7"]
-FAST = FAST_TRAIN + ["--fine-tune-epochs", "0", "--quantize", "float32", "--min-agreement", "0", "--max-drop", "100"]
-
-
-def snapshot(root: Path, skip=()) -> dict:
-    """Every file and folder under ``root`` (but ``skip``): relative path -> (kind, size, sha1)."""
-    out = {}
-    root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        dirnames[:] = [x for x in dirnames if (d / x) not in skip]
-        for name in dirnames:
-            out[str((d / name).relative_to(root))] = ("dir",)
-        for name in filenames:
-            p = d / name
-            if p in skip:
-                continue
-            out[str(p.relative_to(root))] = ("file", p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
-    return out
-
-
-def assert_user_error(r, *phrases):
-    """Exit 2, one error line and one hint line, no traceback, the phrases in the error."""
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
-    hints = [ln for ln in r.stderr.splitlines() if ln.startswith("hint: ")]
-    assert len(errors) == 1 and len(hints) == 1, r.stderr[-3000:]
-    for p in phrases:
-        assert p in errors[0] or p in hints[0], (p, r.stderr[-3000:])
-
-
-def leftovers(run: Path) -> list:
-    """edgetl's hidden siblings of a run folder (staged runs, moved-aside runs, lock files)."""
-    return sorted(p.name for p in run.parent.iterdir() if p.name.startswith(f".{run.name}.edgetl-"))
-
-
-# ------------------------------------------------------------------ a run to be hostile to
-
-
-@pytest.fixture(scope="session")
-def fast_run_template(tmp_path_factory, tiny_data):
-    if not importlib_has_tf():
-        pytest.skip("needs TensorFlow (pip install '.[train]')")
-    run = tmp_path_factory.mktemp("hostile") / "template"
-    r = run_cli("build", tiny_data, "--out", run, *FAST, "--keep-cache", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return run
-
-
-def importlib_has_tf() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorflow") is not None
-
-
-@pytest.fixture
-def good_run(fast_run_template, tmp_path):
-    """A private copy of a complete run, in its own folder (runs/good), beside nothing else."""
-    run = tmp_path / "runs" / "good"
-    shutil.copytree(fast_run_template, run, symlinks=True)
-    return run
-
+from conftest import (FAST, FAST_TRAIN, assert_user_error, leftovers, requires_tf, run_cli, snapshot,  # noqa: F401
+                      write_dataset)
 
 # ------------------------------------------------------------------ 1. --force and the data folder
 
@@ -176,14 +111,21 @@ def test_force_replaces_a_run_and_keeps_the_users_files(good_run, tiny_data):
     (good_run / "notes.txt").write_text("my notes")
     (good_run / "mine").mkdir()
     (good_run / "mine" / "a.txt").write_text("a")
+    # inside edgetl's own folders, and names that look like edgetl's (issue 12: all lost before)
+    theirs = {"plots/my_annotations.txt": "ann", "logs/my_experiment_log.txt": "exp", "cache/README_mine.txt": "rd",
+              "model_comparison.json": "{}", "model_from_colleague.tflite": "tfl", ".draft.tmp.md": "draft"}
+    for rel, text in theirs.items():
+        (good_run / rel).parent.mkdir(exist_ok=True)
+        (good_run / rel).write_text(text)
     created = json.loads((good_run / "report.json").read_text())["created"]
     time.sleep(1.1)
     r = run_cli("build", tiny_data, "--out", good_run, "--force", *FAST, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (good_run / "notes.txt").read_text() == "my notes" and (good_run / "mine" / "a.txt").read_text() == "a"
+    assert {rel: (good_run / rel).read_text() for rel in theirs} == theirs
     assert json.loads((good_run / "report.json").read_text())["created"] != created
     assert json.loads((good_run / ".edgetl-run").read_text())["status"] == "built"
-    assert "kept 2 file(s) of yours" in r.stderr and leftovers(good_run) == []
+    assert "kept 8 file(s) of yours" in r.stderr and leftovers(good_run) == []
 
 
 # ------------------------------------------------------------------ 2. errors before TensorFlow
@@ -319,7 +261,8 @@ def test_full_disk_and_read_only_disk(small_fs, tmp_path, tiny_data, fast_run_te
     # room for the cache but not for the models: the OSError is one line, exit 2, nothing left behind
     small = small_fs("small", "3m")
     r = run_cli("build", tiny_data, "--out", small / "run", *FAST, timeout=300)
-    assert_user_error(r, "No space left on device", "free some space")
+    assert_user_error(r, "No space left on device", "free some space", str(small / "run"))
+    assert "edgetl-new" not in r.stderr  # the run is named, not the staged folder being written
     assert list(small.iterdir()) == []
     # an old run on a nearly full disk: a --force rebuild fails for want of space, the old run stays whole
     full = small_fs("full", "14m")

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_TF, requires_tf, run_cli, write_dataset
-from test_hostile import FAST, assert_user_error, small_fs, snapshot  # noqa: F401 (small_fs: a fixture)
+from conftest import FAST, HAVE_TF, assert_user_error, requires_tf, run_cli, snapshot, write_dataset
+from test_hostile import small_fs  # noqa: F401 (a fixture: a small tmpfs mounted for the test)
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs hypothesis (pip install '.[dev]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -280,7 +280,9 @@ def test_damaged_split_stops_quantize_before_any_conversion(run_copy, inputs_run
     assert_user_error(r, "split.json is damaged: classes must be a list of class names, not a string ('hotdog')",
                       f"edgetl build {inputs_run[1]} --out {run_copy} --force")
     assert "converting" not in r.stderr and ".edgetl-new" not in r.stderr  # the run, not its staged copy
+    assert snapshot(run_copy.parent) == before
     split.write_text(good)
+    before = snapshot(run_copy.parent)
     r = run_cli("quantize", run_copy, "--quantize", "float32", "--force", timeout=300)
     assert_user_error(r, "report.json is damaged: stages must be an object, not a number (5)")
     assert "converting" not in r.stderr

@@ -184,14 +184,16 @@ def test_time_stays_true_and_clean_then_quantize_still_works(tiny_run, tmp_path)
     assert (run / "logs" / "convert_float32.log").is_file()
     (run / "logs" / "my-notes.txt").write_text("mine")  # not edgetl's: stays, with its folder
     keep = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()
-            and p.relative_to(run).parts[0] not in ("cache", "logs") and p.name != "stage1.keras"}
+            and p.relative_to(run).parts[0] not in ("cache", "logs") and p.name not in ("stage1.keras", ".edgetl-run")}
     r = run_cli("clean", run, block_tf=True)  # clean never needs TensorFlow
     assert r.returncode == 0, r.stderr
     assert "deleted" in r.stdout and re.search(r"freed \d+\.\d\d MB", r.stdout)
     assert not (run / "cache").exists() and not (run / "stage1.keras").exists()
     assert [p.name for p in (run / "logs").iterdir()] == ["my-notes.txt"]
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()
-            and p.relative_to(run).parts[0] != "logs"} == keep  # every result untouched
+            and p.relative_to(run).parts[0] != "logs" and p.name != ".edgetl-run"} == keep  # every result untouched
+    listed = json.loads((run / ".edgetl-run").read_text())["files"]  # the manifest says what is left
+    assert "stage1.keras" not in listed and not any(k.startswith("cache/") for k in listed) and "model.keras" in listed
 
     r = run_cli("quantize", run, "--mode", "float16", "--force")
     assert r.returncode == 0, r.stderr[-2000:]

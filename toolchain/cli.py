@@ -367,6 +367,7 @@ def clean(
         clean_mod.clean(run, force=force, dry_run=True)
         return
     with runfolder.RunLock(run):  # never under a command that is using the cache
+        runfolder.check_existing(run)  # and finish what a killed command left first
         clean_mod.clean(run, force=force, dry_run=False)
 
 

@@ -152,9 +152,9 @@ class EvalSet:
 
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
-                keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path) -> dict:
-    """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+                keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path | None) -> dict:
+    """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically.
+    ``log_dir``: where the converter's log goes (a run's logs/); None: nowhere (shown if it fails)."""
     io_used = io if mode == "int8" else "float32"
     if io_used == "int8":
         ui.warn("an int8-input model runs in edge_runtime and the TFLite interpreters, but MediaPipe Tasks refuse "
@@ -173,7 +173,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         t0 = time.perf_counter()
         recipes_tried, recipe = [], None
         if mode != "int8":
-            flat = convert(model, mode, None, io_used, value_range, log_dir / f"convert_{mode}.log")
+            flat = convert(model, mode, None, io_used, value_range, _log(log_dir, mode))
             draft(flat)
         else:
             flat, recipes_tried, recipe = _best_int8(model, calibration, io_used, value_range, log_dir, evalset, labels,
@@ -230,7 +230,7 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
     """Convert with the standard recipe; if its agreement on the selection photos is below
     GOOD_ENOUGH_AGREEMENT, try the other recipes and keep the best. Leaves the winner in ``tmp``."""
     if evalset is None or not len(evalset.tensors):
-        flat = convert(model, "int8", calibration, io, value_range, log_dir / "convert_int8.log")
+        flat = convert(model, "int8", calibration, io, value_range, _log(log_dir, "int8"))
         draft(flat)
         return flat, [{"recipe": RECIPES[0][0]}], RECIPES[0][0]
     sel = slice(evalset.test_n, None) if len(evalset.tensors) > evalset.test_n else slice(None)
@@ -239,7 +239,7 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
     tried, best = [], None
     for name, opts in RECIPES:
         calib = np.concatenate([calibration, calibration[:, :, ::-1]]) if opts["flips"] else calibration
-        flat = convert(model, "int8", calib, io, value_range, log_dir / "convert_int8.log",
+        flat = convert(model, "int8", calib, io, value_range, _log(log_dir, "int8"),
                        per_channel=opts["per_channel"])
         draft(flat)
         clf = Classifier(tmp, num_threads=2, warn=False)
@@ -261,6 +261,56 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
     if len(tried) > 1:
         ui.info(f"  int8: kept recipe '{entry['recipe']}'")
     return flat, tried, entry["recipe"]
+
+
+def _log(log_dir: Path | None, mode: str) -> Path | None:
+    return None if log_dir is None else Path(log_dir) / f"convert_{mode}.log"
+
+
+def is_edgetl_output(path: Path) -> bool:
+    """True when ``path`` is a file edgetl writes beside a model: a .tflite carrying edgetl's metadata,
+    or the JSON description of one (the file's own content says so)."""
+    from edge_runtime import files
+
+    try:
+        if path.suffix == ".tflite":
+            return meta_mod.read(files.read_bytes(path, files.MAX_MODEL_BYTES, "model")) is not None
+        doc = files.read_json(path, what="model description")
+        return isinstance(doc, dict) and isinstance(doc.get("metadata"), dict) \
+            and doc["metadata"].get("format") == meta_mod.FORMAT
+    except (EdgetlError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def check_export_targets(paths, force: bool):
+    """Before converting into a folder that is not a run (``quantize --out DIR``, or beside a .keras):
+    files of those names may be replaced only with ``--force``, and only when edgetl wrote them."""
+    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    if not existing:
+        return
+    if not force:
+        raise EdgetlError(f"{', '.join(map(str, existing))} already exist(s)",
+                          hint="pass --force to replace models edgetl wrote, or choose another --out DIR")
+    foreign = [p for p in existing if p.is_symlink() or not p.is_file() or not is_edgetl_output(p)]
+    if foreign:
+        raise EdgetlError(f"{', '.join(map(str, foreign))} not written by edgetl; refusing to replace it even with "
+                          "--force", hint="move it away, or choose another --out DIR")
+
+
+def write_labels_beside(folder: Path, labels):
+    """labels.txt beside exported models: written when absent; a labels.txt of another content is the
+    user's and is kept (the labels are inside every model anyway)."""
+    path = Path(folder) / "labels.txt"
+    text = "\n".join(labels) + "\n"
+    if os.path.lexists(path):
+        try:
+            same = path.is_file() and path.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            ui.warn(f"kept {path} (it is not the model's label list; the labels are inside every model)")
+        return
+    runfolder.write_text(path, text)
 
 
 PARITY_KEYS = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
@@ -342,6 +392,8 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     run = Path(run)
     target = Path(dest) if dest is not None else run
     modes = list(modes or cfg.quantize)
+    if dest is not None:  # a folder of the user's: only edgetl's own files there are ever replaced
+        check_export_targets([target / f"model_{m}.{ext}" for m in modes for ext in ("tflite", "json")], force)
     existing = [m for m in modes if (target / f"model_{m}.tflite").exists()]
     if existing and not force:
         raise EdgetlError(f"{target} already has {', '.join(f'model_{m}.tflite' for m in existing)}",
@@ -379,7 +431,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         r = convert_one(model, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
-                        min_agreement=cfg.min_agreement, log_dir=target / "logs")
+                        min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs")
         results[mode] = r
         mediapipe_estimate(r, target / f"model_{mode}.tflite", ds)
         ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
@@ -387,7 +439,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
                 f"{'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
     if dest is not None:
-        runfolder.write_text(target / "labels.txt", "\n".join(labels) + "\n")
+        write_labels_beside(target, labels)
         return results
     rep = runfolder.read_report(run)
     tfl = dict(rep.get("tflite") or {})

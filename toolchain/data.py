@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import files as files_mod
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
@@ -258,7 +259,8 @@ def create_cache(path: Path, shape) -> np.ndarray:
     free = _free_bytes(path.parent)
     if free is not None and free < nbytes + (64 << 10):
         raise no_space(free)
-    with open(path, "wb") as f:
+    path.unlink(missing_ok=True)  # a new file, never one shared (hard-linked) with another run
+    with open(path, "xb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         offset = f.tell()
         try:
@@ -461,8 +463,6 @@ def read_split(run_dir) -> dict:
 def load(run_dir, rebuild_into=None) -> Dataset:
     """The dataset of an existing run, from split.json and the cache (re-decoded if the cache is gone).
     split.json and report.json are checked whole first (schema.check_run)."""
-    from edge_runtime import files as files_mod
-
     run_dir = Path(run_dir)
     doc = schema.check_run(run_dir)
     n_files = sum(len(v) for v in doc["files"].values())
@@ -471,7 +471,7 @@ def load(run_dir, rebuild_into=None) -> Dataset:
     idx_path, img_path = cache_dir / "index.json", cache_dir / "images.npy"
     rows, images, idx = None, None, None
     try:
-        idx = files_mod.read_json(idx_path) if idx_path.is_file() else None
+        idx = files_mod.read_json(idx_path, what="cache index") if idx_path.exists() else None
         if schema.fits(idx, schema.INDEX_SHAPE) and idx["image_size"] == size and idx["resize"] == doc["resize"] \
                 and img_path.is_file():
             images = np.load(img_path, mmap_mode="r")

@@ -309,7 +309,7 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
     try:
         if lock is not None:
             lock.acquire()
-            runfolder._recover(Path(lock_target))
+            runfolder.recover(Path(lock_target))
         threads = max(1, (os.cpu_count() or 1) // len(clusters)) if local else None
         code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
         for c in clusters:
@@ -344,7 +344,7 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
             except OSError:
                 pass
         if lock is not None and lock.fd is not None:
-            runfolder._recover(Path(lock_target))  # a staged folder of a killed chief goes
+            runfolder.recover(Path(lock_target))  # a staged folder of a killed chief goes
             lock.release()
         shutil.rmtree(scratch_root, ignore_errors=True)
         for s, h in old.items():

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -71,8 +70,8 @@ def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict
             try:
                 results = convert.quantize_run(run_dir, cfg, calibration_dir=calibration, force=force, dest=dest)
             except BaseException:
-                if made and dest.exists():
-                    shutil.rmtree(dest, ignore_errors=True)  # we made it: leave no half folder
+                if made:
+                    _remove_made(dest, [f"model_{m}.{e}" for m in cfg.quantize for e in ("tflite", "json")])
                 raise
             for r in results.values():
                 r["out"] = str(dest / r["path"])
@@ -102,9 +101,7 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
             "give accuracy figures too)"])
     stem = path.stem if path.stem != "model" else "model"
     targets = {m: out_dir / f"{stem}_{m}.tflite" for m in cfg.quantize}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not force:
-        raise EdgetlError(f"{', '.join(existing)} already exist(s)", hint="pass --force to overwrite, or --out DIR")
+    convert.check_export_targets([p for t in targets.values() for p in (t, t.with_suffix(".json"))], force)
     tensors, y, _paths, skipped = parity.load_folder(calibration, size, resize, labels_list, "calibration photos")
     if len(tensors) > cfg.calibration_size:
         rng = np.random.default_rng(cfg.seed)
@@ -120,23 +117,37 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     try:
-        runfolder.write_text(out_dir / "labels.txt", "\n".join(labels_list) + "\n")
+        convert.write_labels_beside(out_dir, labels_list)
         for mode, target in targets.items():
             ui.info(f"converting to {mode} ...")
             r = convert.convert_one(model, mode, target, labels=labels_list, size=size, resize=resize,
                                     value_range=value_range, calibration=calib if mode == "int8" else None,
                                     io=cfg.io, keras_sha=keras_sha, dataset=dataset, evalset=evalset,
                                     max_drop=cfg.max_drop, min_agreement=cfg.min_agreement,
-                                    log_dir=out_dir / "logs")
+                                    log_dir=None)
             r["out"] = str(target)
             results[mode] = r
             ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, agreement {r.get('agreement')}"
                     f" -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])} -> {target}")
     except BaseException:
         if made:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_made(out_dir, [n for t in targets.values() for n in (t.name, t.with_suffix(".json").name)])
         raise
     return results
+
+
+def _remove_made(folder: Path, names):
+    """After a failure, in a folder this command made: remove what it wrote (these names and labels.txt)
+    and the folder if that leaves it empty. Anything else found there is left alone."""
+    for name in list(names) + ["labels.txt"]:
+        try:
+            (folder / name).unlink()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def gate_failures(results: dict) -> list:

@@ -81,11 +81,7 @@ def silenced(log_path: Path | None = None, replay_on_error: bool = True, heartbe
     stderr every ``$EDGETL_HEARTBEAT_SECONDS`` (default 10) seconds."""
     sys.stdout.flush()
     sys.stderr.flush()
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        target = open(log_path, "ab")
-    else:
-        target = tempfile.TemporaryFile()
+    target = tempfile.TemporaryFile()  # the log is written whole at the end, never appended to in place
     saved = os.dup(1), os.dup(2)
     beat = Heartbeat(heartbeat, saved[1]) if heartbeat else None
     failed = False
@@ -107,7 +103,29 @@ def silenced(log_path: Path | None = None, replay_on_error: bool = True, heartbe
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-        if failed and replay_on_error and log_path is None:
-            target.seek(0)
-            sys.stderr.write(target.read().decode("utf-8", "replace")[-4000:])
-        target.close()
+        try:
+            if log_path is not None:
+                _save_log(Path(log_path), target)
+            if failed and replay_on_error and log_path is None:
+                target.seek(0)
+                sys.stderr.write(target.read().decode("utf-8", "replace")[-4000:])
+        finally:
+            target.close()
+
+
+_written_logs: set = set()  # logs this process wrote: a later step of the same command adds to them
+
+
+def _save_log(path: Path, captured):
+    """Write ``path`` atomically (a new file renamed into place): what this process logged there
+    before, then ``captured``. A file that was there before this process (in a staged run, a hard link
+    of the previous run's log) is replaced, never modified."""
+    from .runfolder import write_bytes
+
+    captured.seek(0)
+    data = captured.read()
+    key = str(path.resolve()) if path.parent.exists() else str(path)
+    if key in _written_logs and path.is_file():
+        data = path.read_bytes() + data
+    write_bytes(path, data)
+    _written_logs.add(str(path.resolve()))
