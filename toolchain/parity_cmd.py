@@ -14,6 +14,21 @@ from . import modeling, parity, ui
 
 def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, labels=None, input_range=None,
         resize=None, threads=None) -> dict:
+    """The parity figures of a TFLite model against its Keras model. A run given as the data is only read:
+    if its photo cache must be decoded again, that happens in a temporary folder, removed at the end."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="edgetl-parity-"))
+    try:
+        return _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_range, resize, threads,
+                    scratch / "cache")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_range, resize, threads,
+         scratch: Path) -> dict:
     from edge_runtime.classifier import Classifier
 
     keras_path, tflite_path = Path(keras_path), Path(tflite_path)
@@ -37,7 +52,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
         raise EdgetlError(f"the Keras model has {n_out} outputs but the TFLite model {clf.num_classes}",
                           hint="compare a TFLite model with its own Keras model")
     if data is not None and Path(data).is_dir() and parity.run_dir_of(Path(data)) == Path(data):
-        ds = data_mod.load(data)
+        ds = data_mod.load(data, rebuild_into=scratch)
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {data}" + (" (val split: no test/)" if ds.test_is_val else "")
@@ -50,7 +65,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
             ui.warn(f"{len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
         desc = f"every photo in {data}"
     elif run_dir is not None:
-        ds = data_mod.load(run_dir)
+        ds = data_mod.load(run_dir, rebuild_into=scratch)
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {run_dir}"

@@ -374,10 +374,23 @@ INDEX_SHAPE = obj({"image_size": integer(1), "resize": text(), "rows": dict_of(i
                   required=("image_size", "resize", "rows"))
 
 
+def run_file(run, name: str) -> Path:
+    """``run/name``; in a staged copy of a run (``.RUN.edgetl-new-PID``), which holds only the files whose
+    content is still what edgetl wrote, a file the user changed is read where it is, in the run itself
+    (a run's input files are read as they are now, never ignored)."""
+    run = Path(run)
+    f = run / name
+    if not f.exists() and not f.is_symlink() and _STAGED.match(run.name):
+        real = run.parent / _STAGED.match(run.name).group("name") / name
+        if real.exists() or real.is_symlink():
+            return real
+    return f
+
+
 def read_split(run) -> dict:
     """split.json of a run, checked whole; an error (exit 2) naming the field when it is damaged."""
     run = Path(run)
-    f = run / "split.json"
+    f = run_file(run, "split.json")
     if not f.exists() and not f.is_symlink():
         raise EdgetlError(f"{user_path(run)} is not an edgetl run (no split.json)",
                           hint="run `edgetl train DATA_DIR --out RUN` first")
@@ -389,7 +402,7 @@ def read_split(run) -> dict:
 def read_report(run, data_dir=None) -> dict:
     """report.json of a run ({} when there is none), checked whole."""
     run = Path(run)
-    return read(run / "report.json", report_shape(), rebuild_hint(run, data_dir), missing={})
+    return read(run_file(run, "report.json"), report_shape(), rebuild_hint(run, data_dir), missing={})
 
 
 def check_run(run) -> dict:
