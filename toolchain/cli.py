@@ -123,17 +123,16 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     import os
 
     from . import distributed
+    from .collective import parse_devices
     from .config import check_number
 
-    check_number("worker_timeout", worker_timeout, "--worker-timeout")
-    from .collective import parse_devices
-
-    parse_devices(devices)  # a typo fails now, not after TensorFlow has loaded
     settings = distributed.child_settings()
-    if settings is not None:  # a worker started by the supervisor below: TF_CONFIG says which
+    if settings is not None:  # a worker started by the supervisor below
+        distributed.die_with_supervisor(settings)  # first: a worker never outlives its supervisor
+    check_number("worker_timeout", worker_timeout, "--worker-timeout")
+    parse_devices(devices)  # a typo fails now, not after TensorFlow has loaded
+    if settings is not None:  # TF_CONFIG says which worker this is
         from . import collective
-
-        distributed.die_with_supervisor(settings)
 
         cl = distributed.parse_tf_config(os.environ.get("TF_CONFIG", ""))
         ctx = collective.Context(cl, devices, settings.get("timeout", distributed.DEFAULT_TIMEOUT), settings)
