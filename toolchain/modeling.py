@@ -157,18 +157,13 @@ def save(model, path, info: dict | None = None):
     ``edgetl.json`` (Keras ignores it), so a copied model still says what it is."""
     if getattr(model, "optimizer", None) is not None:
         model.optimizer = None
-    try:
-        model.save(path)
-        if info:
-            import json
-            import zipfile
+    model.save(path)
+    if info:
+        import json
+        import zipfile
 
-            with zipfile.ZipFile(path, "a") as z:
-                z.writestr(KERAS_INFO, json.dumps({"format": "edgetl.keras", **info}, indent=1))
-    except OSError as e:
-        if e.filename is None:  # Keras and zipfile say "No space left on device" without the file: name it
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr(KERAS_INFO, json.dumps({"format": "edgetl.keras", **info}, indent=1))
 
 
 def read_info(path) -> dict | None:

@@ -48,19 +48,11 @@ def _plt():
 
 
 def _save(fig, path: Path):
-    def savefig(tmp):
-        try:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        except OSError as e:
-            if e.filename is None:  # "No space left on device" without the file: name the plot
-                raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-            raise
-
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        runfolder.save_with(path, savefig)
+        runfolder.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
     finally:
-        _plt().close(fig)
+        _plt().close(fig)  # also when the disk is full
 
 
 def training_outcome(rep: dict) -> dict:
