@@ -28,8 +28,8 @@ from conftest import FAST, HAVE_TF, assert_user_error, requires_tf, run_cli, sna
 from test_hostile import small_fs  # noqa: F401 (a fixture: a small tmpfs mounted for the test)
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs hypothesis (pip install '.[dev]')")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # ------------------------------------------------------------------ a run made by this edgetl
 
@@ -54,7 +54,7 @@ def inputs_run(tmp_path_factory, tiny_data):
 
 @pytest.fixture
 def run_copy(inputs_run, tmp_path):
-    run, data = inputs_run
+    run, _ = inputs_run
     dst = tmp_path / "runs" / "r"
     shutil.copytree(run, dst, symlinks=True)
     return dst
@@ -222,8 +222,8 @@ SPLIT_DAMAGE = {
     "classes-string": (lambda d: d.update(classes="hotdog"), "classes must be a list of class names"),
     "classes-repeated": (lambda d: d.update(classes=["a", "a", "b"]), "classes[1] repeats 'a'"),
     "classes-newline": (lambda d: d["classes"].__setitem__(0, "bl\nue"), "classes[0] holds a line break"),
-    "label-7": (lambda d: d["files"]["train"][0].__setitem__(1, 7), "files.train[0][1] must be a whole number "
-                                                                     "from 0 to 2, not 7"),
+    "label-7": (lambda d: d["files"]["train"][0].__setitem__(1, 7),
+                "files.train[0][1] must be a whole number from 0 to 2, not 7"),
     "label-bool": (lambda d: d["files"]["val"][0].__setitem__(1, True), "files.val[0][1] must be a whole number"),
     "skipped-5": (lambda d: d.update(skipped=5), "skipped must be a list"),
     "path-escapes": (lambda d: d["files"]["test"][0].__setitem__(0, "../../etc/passwd"),
@@ -241,8 +241,8 @@ SPLIT_DAMAGE = {
 }
 REPORT_DAMAGE = {
     "stages-5": (lambda d: d.update(stages=5), "stages must be an object"),
-    "stage-epochs": (lambda d: d["stages"]["feature_extraction"].update(epochs="two"), "stages.feature_extraction"
-                                                                                       ".epochs must be a whole"),
+    "stage-epochs": (lambda d: d["stages"]["feature_extraction"].update(epochs="two"),
+                     "stages.feature_extraction.epochs must be a whole"),
     "config-list": (lambda d: d.update(config=[1]), "config must be an object"),
     "config-value": (lambda d: d["config"].update(head_units="ten"), "config is not valid: option head-units"),
     "tflite-mode": (lambda d: d["tflite"].update({"../../x": {"size_bytes": 1}}), "tflite has the key '../../x'"),
