@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "models").is_dir():
-        pytest.skip(f"needs ../shared (reference models and photos), not found at {SHARED}")
+        pytest.skip(f"needs ../shared (reference models and photos), not found at {SHARED}; "
+                    "set EDGETL_SHARED=/path/to/shared to use a copy elsewhere")
     return SHARED
 
 
@@ -42,7 +43,7 @@ def shared() -> Path:
 def imagenet_weights(shared) -> Path:
     w = shared / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     if not w.is_file():
-        pytest.skip("needs ../shared/weights")
+        pytest.skip(f"needs ../shared/weights, not found at {SHARED / 'weights'}; set EDGETL_SHARED=/path/to/shared")
     return w
 
 

@@ -109,13 +109,13 @@ def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
     assert side["metadata"]["labels"] == meta["labels"] and side["size_bytes"] == (run / "model_int8.tflite").stat().st_size
 
 
-def test_tflite_predictions_match_parity_figures(tiny_run):
+def test_tflite_predictions_match_parity_figures(tiny_run, tmp_path):
     """The runtime, fed the cached test photos, reproduces the accuracy the build reported."""
     from toolchain import data
 
     run, _ = tiny_run
     rep = json.loads((run / "report.json").read_text())
-    ds = data.load(run)
+    ds = data.load(run, rebuild_into=tmp_path)  # the run is only read
     clf = Classifier(run / "model_int8.tflite", num_threads=1)
     probs = clf.run_tensors([np.asarray(ds.images[r]) for r in ds.rows("test")])
     acc = float((probs.argmax(1) == ds.labels("test")).mean())

@@ -31,6 +31,7 @@ def dist_pair(tmp_path_factory, tiny_data):
     one, two = root / "one" / "run", root / "two" / "run"
     p1 = run_cli("build", tiny_data, "--out", one, *ONE_FLAGS, timeout=900)
     p2 = run_cli("build", tiny_data, "--out", two, *DIST_FLAGS, "--local-workers", "2", "--worker-timeout", "300",
+                 "--keep-cache",
                  timeout=900)
     return one, p1, two, p2
 
@@ -71,7 +72,9 @@ def test_two_local_workers_build_the_model_of_one_process(dist_pair):
     r1, r2 = json.loads((one / "report.json").read_text()), rep
     assert abs(r1["keras"]["test_accuracy"] - r2["keras"]["test_accuracy"]) <= 0.02
     assert r2["tflite"]["int8"]["passed"] and r2["tflite"]["int8"]["full_integer"]
-    # the chief's run cache holds its shard only, and says so
+    # a build drops its cache unless --keep-cache, on one worker or several (one pipeline); kept, the
+    # chief's run cache holds its shard only, and says so
+    assert not (one / "cache").exists()
     idx = json.loads((two / "cache" / "index.json").read_text())
     assert idx["shard"] == {"task": 0, "workers": 2}
     assert 0 < len(idx["rows"]) < sum(len(v) for v in json.loads((two / "split.json").read_text())["files"].values())

@@ -188,7 +188,7 @@ def test_time_stays_true_and_clean_then_quantize_still_works(tiny_run, tmp_path)
     r = run_cli("clean", run, block_tf=True)  # clean never needs TensorFlow
     assert r.returncode == 0, r.stderr
     assert "deleted" in r.stdout and re.search(r"freed \d+\.\d\d MB", r.stdout)
-    assert not (run / "cache").exists() and not (run / "stage1.keras").exists()
+    assert not (run / "cache").exists() and not (run / "stage1.keras").exists(), (r.stderr, list((run / "cache").rglob("*")))
     assert [p.name for p in (run / "logs").iterdir()] == ["my-notes.txt"]
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()
             and p.relative_to(run).parts[0] != "logs" and p.name != ".edgetl-run"} == keep  # every result untouched

@@ -203,7 +203,7 @@ def build(
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
     if _distributed(lambda **kw: pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache, **kw), out, cluster, task_index,
-                    local_workers, devices, worker_timeout, lambda: pipeline._precheck_new(data_dir, out, cfg)):
+                    local_workers, devices, worker_timeout, lambda: pipeline.precheck_new(data_dir, out, cfg)):
         typer.echo(str(out))
 
 
@@ -242,7 +242,7 @@ def train(
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
     if _distributed(lambda **kw: pipeline.do_train(data_dir, out, cfg, force, **kw), out, cluster, task_index,
-                    local_workers, devices, worker_timeout, lambda: pipeline._precheck_new(data_dir, out, cfg)):
+                    local_workers, devices, worker_timeout, lambda: pipeline.precheck_new(data_dir, out, cfg)):
         typer.echo(str(out))
 
 

@@ -236,6 +236,12 @@ class Context:
             raise _error(e["message"], e["hint"], e["code"])
         return res["ok"]
 
+    def build_dataset(self, data_dir, run_dir: Path, cfg, write_run: bool):
+        return build_dataset(data_dir, run_dir, cfg, self, write_run)
+
+    def load_dataset(self, split_doc: dict, run_dir: Path):
+        return load_dataset(split_doc, run_dir, self)
+
     def shard_positions(self, fn, n: int, empty_shape, dtype=np.float32) -> np.ndarray:
         """``fn(indices)`` for positions ``rank::N`` of ``range(n)`` on each worker, gathered in order."""
         idx = np.arange(self.rank, n, self.n)
@@ -245,6 +251,53 @@ class Context:
         for w, p in enumerate(parts):
             out[w::self.n] = p
         return out
+
+
+class Solo:
+    """A one-process run: a cluster of one. The same steps as several workers, with collectives that are
+    the identity (the gather of one shard is the shard, a broadcast changes nothing, the chief is the only
+    worker) and no tf.distribute strategy: the photos stay in the run's memory-mapped cache and stage 2 is
+    Keras' own fit."""
+
+    n, rank, chief, n_local = 1, 0, True, 1
+    cluster = None
+    scratch = None
+
+    def describe(self) -> dict:
+        return plain_distribution()
+
+    def tag(self) -> str:
+        return ""
+
+    def guard(self):
+        return contextlib.nullcontext()
+
+    def together(self, fn):
+        return fn()
+
+    def chief_decides(self, fn):
+        return fn()
+
+    def broadcast_bytes(self, b: bytes | None) -> bytes:
+        return b
+
+    def shard_positions(self, fn, n: int, empty_shape, dtype=np.float32) -> np.ndarray:
+        return np.asarray(fn(np.arange(n)), dtype) if n else np.zeros(empty_shape, dtype)
+
+    def build_dataset(self, data_dir, run_dir: Path, cfg, write_run: bool = True):
+        return data_mod.build(data_dir, run_dir, cfg)
+
+    def load_dataset(self, split_doc: dict, run_dir: Path):
+        return data_mod.load(run_dir)
+
+
+def local_context(devices: str | None):
+    """The context of a run in this one process (TensorFlow is imported here): several devices
+    (--devices, or several visible GPUs) train together with MirroredStrategy; otherwise a cluster of one."""
+    if not wants_strategy(devices):
+        select_devices(devices)
+        return Solo()
+    return Context(None, devices).start()
 
 
 def _error(message, hint, code):

@@ -371,17 +371,6 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
     return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test))
 
 
-def _scratch_cache() -> Path:
-    """Where a photo cache decoded while a run is only read goes: a temporary folder, made only if the
-    cache has to be decoded (data.load), removed at exit."""
-    import atexit
-    import shutil
-
-    d = Path(tempfile.gettempdir()) / f"edgetl-cache-{os.getpid()}"
-    atexit.register(shutil.rmtree, d, True)
-    return d
-
-
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
                  dest: Path | None = None, calibration=None, evalset: EvalSet | None = None) -> dict:
     """Convert a run's model.keras to each mode, with parity on the run's photos. The models go into the
@@ -402,7 +391,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         model = modeling.load(run / "model.keras")
     if ds is None:
         # into another folder (dest): the run is only read, so a missing photo cache is rebuilt elsewhere
-        ds = data_mod.load(run, rebuild_into=_scratch_cache() if dest is not None else None)
+        ds = data_mod.load(run, rebuild_into=data_mod.scratch_cache() if dest is not None else None)
     labels = ds.classes
     size = (cfg.image_size, cfg.image_size)
     keras_sha = runfolder.sha256_file(run / "model.keras")

@@ -503,6 +503,18 @@ def load(run_dir, rebuild_into=None) -> Dataset:
                    hashes=dict(doc.get("sha256") or {}))
 
 
+def scratch_cache() -> Path:
+    """Where a photo cache decoded while a run is only read goes (parity on a run, quantize --out): a
+    temporary folder of this process, made only if the cache has to be decoded, removed at exit. A run is
+    written only by the commands that hold its lock, through a staged copy."""
+    import atexit
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / f"edgetl-cache-{os.getpid()}"
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def changed_photos_note(changed: list, total: int, doc: dict) -> str | None:
     """Photos decoded again whose bytes differ from split.json's record (``changed``: relative paths):
     warn naming them and say what is done (they are used as they are now), and return the note."""

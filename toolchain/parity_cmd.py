@@ -14,21 +14,6 @@ from . import modeling, parity, ui
 
 def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, labels=None, input_range=None,
         resize=None, threads=None) -> dict:
-    """The parity figures of a TFLite model against its Keras model. A run given as the data is only read:
-    if its photo cache must be decoded again, that happens in a temporary folder, removed at the end."""
-    import shutil
-    import tempfile
-
-    scratch = Path(tempfile.mkdtemp(prefix="edgetl-parity-"))
-    try:
-        return _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_range, resize, threads,
-                    scratch / "cache")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_range, resize, threads,
-         scratch: Path) -> dict:
     from edge_runtime.classifier import Classifier
 
     keras_path, tflite_path = Path(keras_path), Path(tflite_path)
@@ -52,7 +37,7 @@ def _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_r
         raise EdgetlError(f"the Keras model has {n_out} outputs but the TFLite model {clf.num_classes}",
                           hint="compare a TFLite model with its own Keras model")
     if data is not None and Path(data).is_dir() and parity.run_dir_of(Path(data)) == Path(data):
-        ds = data_mod.load(data, rebuild_into=scratch)
+        ds = data_mod.load(data, rebuild_into=data_mod.scratch_cache())  # the run is only read
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {data}" + (" (val split: no test/)" if ds.test_is_val else "")
@@ -65,7 +50,7 @@ def _run(keras_path, tflite_path, data, max_drop, min_agreement, labels, input_r
             ui.warn(f"{len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
         desc = f"every photo in {data}"
     elif run_dir is not None:
-        ds = data_mod.load(run_dir, rebuild_into=scratch)
+        ds = data_mod.load(run_dir, rebuild_into=data_mod.scratch_cache())
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
         desc = f"test split of run {run_dir}"

@@ -1,14 +1,23 @@
 """The training verbs: `edgetl train`, `edgetl finetune`, `edgetl build` (train + finetune + convert +
-parity + report), all writing into one run folder.
+parity + report), all writing into one run folder. Each is defined once, for one process and for several.
 
-Every verb checks what it can without TensorFlow first (the data folder, the options, the run folder
-and its lock), so a mistake is reported in well under a second. Then it works on a staged copy of the
-run (see runfolder.py) that replaces the run only when the command ends: a failed or killed command
-leaves the previous run whole.
+A one-process run is a cluster of one (collective.Solo): the same steps, in the same order, with
+collectives that are the identity. On several workers (or several devices of one machine) every worker runs
+the same steps (the collectives need it): photos decoded by their owners, stage-1 features gathered, stage
+2 as a custom training loop (ctl.py), evaluation and the Keras side of parity by shard, gathered. Only the
+chief writes the run folder; the others keep their shard in a private scratch folder and stop once the
+chief has their part.
+
+Every verb checks what it can without TensorFlow first (the data folder, the options, the run folder and
+its lock), so a mistake is reported in well under a second. Then it works on a staged copy of the run
+(see runfolder.py) that replaces the run only when the command ends: a failed or killed command leaves
+the previous run whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +30,7 @@ from . import data as data_mod
 from . import modeling, report, runfolder, schema, train, ui
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -31,12 +40,12 @@ def keras_info(ds, cfg) -> dict:
             "value_range": [0.0, 255.0], "edgetl_version": __version__}
 
 
-def _save_final(model, run: Path, ds, cfg) -> str:
+def save_final(model, run: Path, ds, cfg) -> str:
     runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp, keras_info(ds, cfg)))
     return runfolder.sha256_file(run / "model.keras")
 
 
-def _dataset_section(ds) -> dict:
+def dataset_section(ds) -> dict:
     return {
         "data_dir": str(ds.data_dir),
         "classes": ds.classes,
@@ -46,124 +55,147 @@ def _dataset_section(ds) -> dict:
     }
 
 
-def _precheck_new(data_dir, out, cfg):
+def clean_history(h: dict) -> dict:
+    return {k: [round(float(x), 5) for x in v] for k, v in (h or {}).items()}
+
+
+def precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
     modeling.check_weights_arg(cfg.weights)
 
 
-def _train_into(run: Path, data_dir, cfg, base, weights, t0: float) -> tuple:
-    """Stage 1 into the (staged) folder ``run``. Returns (model, dataset, report)."""
-    runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": _now(), "status": "running",
-                                               "config": cfg.as_dict()})
-    ds = data_mod.build(data_dir, run, cfg)
-    model, section, history, weights = train.stage1(ds, cfg, run, base, weights, info=keras_info(ds, cfg))
-    sha = _save_final(model, run, ds, cfg)
-    ev = train.evaluate(model, ds, cfg)
-    rep = runfolder.update_report(
-        run,
-        **_dataset_section(ds),
-        weights=weights,
-        config=cfg.as_dict(),
-        stages={"feature_extraction": section},
-        history={"feature_extraction": _clean_history(history)},
-        keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
-        distribution=_plain_distribution(),
-        status="trained",
-    )
-    ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
-            f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos)")
-    rep = report.add_timing(run, "train", time.perf_counter() - t0)
-    return model, ds, rep
-
-
-def _plain_distribution() -> dict:
-    from . import collective
-
-    return collective.plain_distribution()
-
-
-def _several_devices(devices):
-    """A Context for MirroredStrategy when this one process should train on several devices (--devices,
-    or several visible GPUs); None keeps the one-process path (a single GPU is simply used)."""
-    from . import collective
-
-    if not collective.wants_strategy(devices):
-        collective.select_devices(devices)
-        return None
-    return collective.Context(None, devices)
-
-
-def _make_base(cfg, check_fine_tune: bool):
+def make_base(cfg, check_fine_tune: bool):
     base, weights = modeling.make_base(cfg)  # missing or undownloadable weights fail here, before any work
     if check_fine_tune and cfg.fine_tune_epochs > 0:
         modeling.fine_tune_index(base, cfg.fine_tune_from)
     return base, weights
 
 
-def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path:
-    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end).
-    ``dist``: this process is one worker of a cluster (dist_pipeline.py)."""
-    from . import dist_pipeline
+# ------------------------------------------------------------------ the steps every worker runs
 
-    if dist is not None:
-        return dist_pipeline.do_train(data_dir, out, cfg, force, dist)
-    out = Path(out)
-    _precheck_new(data_dir, out, cfg)
-    with runfolder.RunLock(out):
-        runfolder.check_new(out, force, data_dir)
+
+def _lock(out: Path, dist):
+    """One process holds the run's lock itself; the workers of a cluster run under their supervisor's."""
+    return runfolder.RunLock(out) if dist is None else contextlib.nullcontext()
+
+
+def _begin(dist, devices, checks):
+    """``checks()`` (the cheap ones, with the lock held), then TensorFlow and the context. One process:
+    the checks run before TensorFlow is imported. Several workers: the cluster starts first and the chief's
+    verdict (or its error) is every worker's. Returns (context, what ``checks`` returned)."""
+    from . import collective
+
+    if dist is None:
+        decided = checks()
         modeling.import_keras()  # TensorFlow only now: every cheap check has passed
-        ctx = _several_devices(devices)
-        if ctx is not None:
-            return dist_pipeline.do_train(data_dir, out, cfg, force, ctx)
-        t0 = time.perf_counter()
-        base, weights = _make_base(cfg, check_fine_tune=False)
-        with runfolder.Staged(out, fresh=True) as st:
-            _model, _ds, rep = _train_into(st.path, data_dir, cfg, base, weights, t0)
-            report.write(st.path, rep, name=out.name)
-            st.commit("trained")
-    ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
-    return out
+        return collective.local_context(devices), decided
+    dist.start()
+    with dist.guard():
+        return dist, dist.chief_decides(checks)
 
 
-def _finetune_into(run: Path, cfg, model, ds, rep: dict) -> tuple:
-    t0 = time.perf_counter()
-    model, section, history = train.stage2(model, ds, cfg)
-    sha = _save_final(model, run, ds, cfg)
+def _scratch(ctx) -> Path:
+    """A worker's private folder for its shard (not the chief: it writes the run)."""
+    if ctx.scratch is None:
+        import tempfile
+
+        ctx.scratch = Path(tempfile.mkdtemp(prefix="edgetl-worker-"))
+    ctx.scratch.mkdir(parents=True, exist_ok=True)
+    return ctx.scratch
+
+
+@contextlib.contextmanager
+def _staged(ctx, out: Path, fresh: bool):
+    """The chief's staged copy of the run (None on the other workers)."""
+    if not ctx.chief:
+        yield None
+        return
+    with runfolder.Staged(out, fresh=fresh) as st:
+        yield st
+
+
+def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tuple:
+    """Stage 1 into the (staged) folder ``run``. Returns (model, dataset, report)."""
+    if ctx.chief:
+        runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": now(),
+                                                   "status": "running", "config": cfg.as_dict()})
+    ds = ctx.build_dataset(data_dir, run, cfg, write_run=ctx.chief)
+    model, section, history, weights = train.stage1(ds, cfg, run, base, weights, info=keras_info(ds, cfg))
     ev = train.evaluate(model, ds, cfg)
-    hist = dict(rep.get("history") or {})
-    hist["fine_tune"] = _clean_history(history)
-    stages = dict(rep.get("stages") or {})
-    stages["fine_tune"] = section
-    rep = runfolder.update_report(
-        run,
-        config=cfg.as_dict(),
-        stages=stages,
-        history=hist,
-        keras={**ev, "path": "model.keras", "sha256": sha, "stage": section["kept"]},
-        status="fine-tuned",
-    )
-    ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
-            f"test accuracy {ev['test_accuracy']:.4f}")
-    rep = report.add_timing(run, "finetune", time.perf_counter() - t0)
+    rep = {}
+    if ctx.chief:
+        sha = save_final(model, run, ds, cfg)
+        rep = runfolder.update_report(
+            run,
+            **dataset_section(ds),
+            weights=weights,
+            config=cfg.as_dict(),
+            stages={"feature_extraction": section},
+            history={"feature_extraction": clean_history(history)},
+            keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
+            distribution=ctx.describe(),
+            status="trained",
+        )
+        rep = report.add_timing(run, "train", time.perf_counter() - t0)
+    ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"
+            f"; test accuracy {ev['test_accuracy']:.4f} ({ev['n']} photos){_tag(ctx)}")
     return model, ds, rep
 
 
-def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, dist=None, devices=None) -> Path:
-    """Stage 2 on an existing run (from its stage-1 model), replacing the run only when it ends."""
-    from . import dist_pipeline
+def _finetune_into(run: Path, cfg, model, ds, rep: dict, ctx) -> tuple:
+    t0 = time.perf_counter()
+    model, section, history = train.stage2(model, ds, cfg)
+    ev = train.evaluate(model, ds, cfg)
+    if ctx.chief:
+        sha = save_final(model, run, ds, cfg)
+        hist = dict(rep.get("history") or {})
+        hist["fine_tune"] = clean_history(history)
+        stages = dict(rep.get("stages") or {})
+        stages["fine_tune"] = section
+        rep = runfolder.update_report(
+            run,
+            config=cfg.as_dict(),
+            stages=stages,
+            history=hist,
+            keras={**ev, "path": "model.keras", "sha256": sha, "stage": section["kept"]},
+            distribution=ctx.describe(),
+            status="fine-tuned",
+        )
+        rep = report.add_timing(run, "finetune", time.perf_counter() - t0)
+    ui.info(f"stage 2: {section['epochs']} epochs in {section['seconds']:.1f}s, kept {section['kept']}; "
+            f"test accuracy {ev['test_accuracy']:.4f}{_tag(ctx)}")
+    return model, ds, rep
 
-    if dist is not None:
-        return dist_pipeline.do_finetune(run, cfg_flags, force, config_file, dist)
-    run = Path(run)
-    with runfolder.RunLock(run):
-        if devices is not None:
-            modeling.import_keras()
-            ctx = _several_devices(devices)
-            if ctx is not None:
-                return dist_pipeline.do_finetune(run, cfg_flags, force, config_file, ctx)
-        return _finetune_locked(run, cfg_flags, force, config_file)
+
+def _tag(ctx) -> str:
+    t = ctx.tag()
+    return f" {t}" if t else ""
+
+
+# ------------------------------------------------------------------ the verbs
+
+
+def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path | None:
+    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end).
+    ``dist``: this process is one worker of a cluster (collective.Context); None: one process."""
+    out = Path(out)
+    precheck_new(data_dir, out, cfg)
+    with _lock(out, dist):
+        ctx, _ = _begin(dist, devices, lambda: runfolder.check_new(out, force, data_dir) and None)
+        with ctx.guard():
+            t0 = time.perf_counter()
+            base, weights = ctx.together(lambda: make_base(cfg, check_fine_tune=False))
+            with _staged(ctx, out, fresh=True) as st:
+                run = st.path if st else _scratch(ctx)
+                _model, _ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx)
+                if not ctx.chief:
+                    return None
+                report.write(run, rep, name=out.name)
+                st.commit("trained")
+    ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
+    return out
 
 
 def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -> tuple:
@@ -181,55 +213,79 @@ def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -
     return rep, cfg, split
 
 
-def _finetune_locked(run: Path, cfg_flags: dict, force: bool, config_file=None) -> Path:
-    rep, cfg, _ = finetune_checks(run, cfg_flags, force, config_file)
-    with runfolder.Staged(run, fresh=False) as st:
-        model = modeling.load(st.path / "stage1.keras")
-        base, _, _ = modeling.parts(model)
-        modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
-        ds = data_mod.load(st.path)
-        _, _, rep = _finetune_into(st.path, cfg, model, ds, rep)
-        report.write(st.path, rep, name=run.name)
-        st.commit("fine-tuned")
+def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, dist=None, devices=None) -> Path | None:
+    """Stage 2 on an existing run (from its stage-1 model), replacing the run only when it ends."""
+    run = Path(run)
+
+    def checks():
+        _, cfg, split = finetune_checks(run, cfg_flags, force, config_file)
+        return {"config": cfg.as_dict(), "split": split}
+
+    with _lock(run, dist):
+        ctx, shared = _begin(dist, devices, checks)
+        cfg = config_mod.resolve(None, base=shared["config"])
+        with ctx.guard(), _staged(ctx, run, fresh=False) as st:
+            where = st.path if st else _scratch(ctx)
+            if ctx.n > 1:  # the chief's stage-1 model, on every worker
+                blob = ctx.broadcast_bytes((where / "stage1.keras").read_bytes() if ctx.chief else None)
+                if not ctx.chief:
+                    runfolder.write_bytes(where / "stage1.keras", blob)
+            model = modeling.load(where / "stage1.keras")
+            base, _, _ = modeling.parts(model)
+            modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
+            ds = ctx.load_dataset(shared["split"], where)
+            rep = runfolder.read_report(where) if ctx.chief else {}
+            _, _, rep = _finetune_into(where, cfg, model, ds, rep, ctx)
+            if not ctx.chief:
+                return None
+            shutil.rmtree(where / "cache-shard", ignore_errors=True)  # a sharded run's decoded share
+            report.write(where, rep, name=run.name)
+            st.commit("fine-tuned")
     return run
 
 
-def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=None, devices=None) -> dict:
+def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=None, devices=None) -> dict | None:
     """Everything: data, stage 1, stage 2, conversion of each mode, parity gates, report. The new run
     replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept). The
     cache of decoded photos is deleted at the end unless ``keep_cache`` or a gate failed (a later
-    `quantize` would need it); later commands rebuild it when needed. ``dist``: this process is one
-    worker of a cluster (dist_pipeline.py)."""
-    from . import clean, convert, dist_pipeline
+    `quantize` would need it); later commands rebuild it when needed."""
+    from . import clean, convert, parity
 
-    if dist is not None:
-        return dist_pipeline.do_build(data_dir, out, cfg, force, dist)
     out = Path(out)
-    _precheck_new(data_dir, out, cfg)
-    with runfolder.RunLock(out):
-        runfolder.check_new(out, force, data_dir)
-        modeling.import_keras()
-        ctx = _several_devices(devices)
-        if ctx is not None:
-            return dist_pipeline.do_build(data_dir, out, cfg, force, ctx)
-        t0 = time.perf_counter()
-        base, weights = _make_base(cfg, check_fine_tune=True)
-        with runfolder.Staged(out, fresh=True) as st:
-            run = st.path
-            model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0)
-            model, ds, rep = _finetune_into(run, cfg, model, ds, rep)
-            t2 = time.perf_counter()
-            results = convert.quantize_run(run, cfg, model=model, ds=ds)
-            report.add_timing(run, "quantize", time.perf_counter() - t2, modes=list(results))
-            ok = all(r["passed"] for r in results.values())
-            rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
-            if ok and not keep_cache:
-                del ds  # the memory map
-                freed = clean.remove_cache(run)
-                ui.info(f"deleted {out / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands decode "
-                        "them again when needed; --keep-cache keeps it)")
-            report.write(run, rep, name=out.name)
-            st.commit("built" if ok else "gate-failed")
+    precheck_new(data_dir, out, cfg)
+    with _lock(out, dist):
+        ctx, _ = _begin(dist, devices, lambda: runfolder.check_new(out, force, data_dir) and None)
+        with ctx.guard():
+            t0 = time.perf_counter()
+            base, weights = ctx.together(lambda: make_base(cfg, check_fine_tune=True))
+            with _staged(ctx, out, fresh=True) as st:
+                run = st.path if st else _scratch(ctx)
+                model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx)
+                model, ds, rep = _finetune_into(run, cfg, model, ds, rep, ctx)
+                t2 = time.perf_counter()
+                # what conversion and parity need from every worker: calibration photos and the parity
+                # photos (gathered), the Keras model's probabilities on them (each worker its share)
+                calib = convert.calibration_from_run(ds, cfg) if "int8" in cfg.quantize else None
+                evalset = convert.run_evalset(ds, cfg.seed)
+                k = int(model.output.shape[-1])
+                evalset.p_keras = ctx.shard_positions(
+                    lambda idx: parity.keras_probabilities(model, evalset.tensors[idx], (0.0, 255.0),
+                                                           desc="keras on parity set"),
+                    len(evalset.tensors), (0, k))
+                if not ctx.chief:
+                    ui.info("this worker's part is done; the chief converts and writes the run")
+                    return None
+                results = convert.quantize_run(run, cfg, model=model, ds=ds, calibration=calib, evalset=evalset)
+                report.add_timing(run, "quantize", time.perf_counter() - t2, modes=list(results))
+                ok = all(r["passed"] for r in results.values())
+                rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
+                if ok and not keep_cache:
+                    del ds  # the memory map
+                    freed = clean.remove_cache(run)
+                    ui.info(f"deleted {out / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands "
+                            "decode them again when needed; --keep-cache keeps it)")
+                report.write(run, rep, name=out.name)
+                st.commit("built" if ok else "gate-failed")
     return finish_build(rep, results, out)
 
 
@@ -243,7 +299,3 @@ def finish_build(rep: dict, results: dict, out: Path) -> dict:
                          hint=f"every artifact is kept in {out}; see report.md. Try more calibration images "
                               "(--calibration-size), another --quantize mode, or relax --max-drop/--min-agreement")
     return rep
-
-
-def _clean_history(h: dict) -> dict:
-    return {k: [round(float(x), 5) for x in v] for k, v in (h or {}).items()}
