@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from . import runfolder, ui
+from . import runfolder, schema, ui
 from .report import mb
 
 STAGE1 = "stage1.keras"
@@ -46,7 +46,7 @@ def missing_photos(run: Path) -> tuple:
     """(data folder or None, how many of the run's photos are no longer there as regular files, one of
     them). The cache is the only copy of a photo that is gone."""
     try:
-        doc = runfolder.read_json(run / "split.json", "split")
+        doc = schema.read_split(run)
     except EdgetlError:
         return None, -1, None
     d = doc.get("data_dir")

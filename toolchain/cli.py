@@ -123,17 +123,22 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     import os
 
     from . import distributed
+    from .collective import parse_devices
+    from .config import check_number
 
-    if worker_timeout is not None and not 1 <= worker_timeout <= 86400:
-        raise EdgetlError(f"--worker-timeout {worker_timeout:g} is out of range", hint="use 1 to 86400 seconds")
     settings = distributed.child_settings()
-    if settings is not None:  # a worker started by the supervisor below: TF_CONFIG says which
+    if settings is not None:  # a worker started by the supervisor below
+        distributed.die_with_supervisor(settings)  # first: a worker never outlives its supervisor
+    check_number("worker_timeout", worker_timeout, "--worker-timeout")
+    parse_devices(devices)  # a typo fails now, not after TensorFlow has loaded
+    if settings is not None:  # TF_CONFIG says which worker this is
         from . import collective
 
         cl = distributed.parse_tf_config(os.environ.get("TF_CONFIG", ""))
         ctx = collective.Context(cl, devices, settings.get("timeout", distributed.DEFAULT_TIMEOUT), settings)
         call(dist=ctx)
         return ctx.chief
+    distributed.sweep_stale_scratch()  # what a killed supervisor left in the temporary folder
     plan = distributed.plan(cluster, task_index, local_workers)
     if plan is None:
         call(devices=devices)
@@ -330,6 +335,7 @@ def parity(
     from . import parity_cmd
 
     config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
+    _check_numbers(threads=threads)
 
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
                             labels=labels, input_range=input_range, resize=resize, threads=threads)
@@ -367,14 +373,18 @@ def clean(
 # ------------------------------------------------------------------ runtime verbs (no TensorFlow)
 
 
+def _check_numbers(**values):
+    """Numeric flags, checked before anything is opened (so an error names the flag, not the model),
+    through the one range table every number edgetl takes goes through (config.RANGES)."""
+    from .config import check_number
+
+    for name, v in values.items():
+        check_number(name, v, "--" + name.replace("_", "-"))
+
+
 def _check_runtime_flags(top_k=None, threads=None):
     """Flags checked before the model is opened, so an error names the flag, not the model."""
-    if top_k is not None and top_k < 1:
-        raise EdgetlError(f"--top-k {top_k}: must be at least 1", hint="e.g. --top-k 3 (the three best classes)")
-    if threads is not None:
-        from edge_runtime import backends
-
-        backends.check_threads(threads)
+    _check_numbers(top_k=top_k, threads=threads)
 
 
 def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
@@ -452,9 +462,7 @@ def camera(
 
     from . import runtime_cmds
 
-    if smooth < 1 or (max_frames is not None and max_frames < 1):
-        raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
-    _check_runtime_flags(top_k, threads)
+    _check_numbers(smooth=smooth, max_frames=max_frames, top_k=top_k, threads=threads)
     clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
     with runtime_cmds.pipe_closed_is_the_end():
         summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
@@ -486,6 +494,10 @@ def bench(
     count, ranked, and the fastest remembered as this device's choice (predict and camera use it)."""
     from . import runtime_cmds
 
+    _check_numbers(runs=runs, warmup=warmup)
+    for t in (threads or "").split(","):
+        if t.strip().isascii() and t.strip().isdigit():
+            _check_numbers(threads=int(t))
     with runtime_cmds.pipe_closed_is_the_end():
         if model.is_dir():
             runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
@@ -579,8 +591,10 @@ def main(argv=None):
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             sys.exit(0)
+        from .schema import user_path
+
         name = errno.errorcode.get(e.errno or 0, "")
-        where = e.filename if e.filename is not None else ""
+        where = user_path(e.filename) if e.filename is not None else ""  # the run, not its staged copy
         _fail(f"{where}: {e.strerror or e}" if where else f"{e.strerror or e}",
               OS_HINTS.get(name, "check the path and that the disk is writable"), 2)
     except ImportError as e:

@@ -338,9 +338,11 @@ def select_devices(spec: str | None):
     ``gpu:0,gpu:1`` (or ``0,1``), or ``cpu:0,cpu:1`` (the CPU split into that many logical devices, to try
     several-device training without GPUs). Returns the device names for MirroredStrategy (None: its
     default)."""
+    parsed = parse_devices(spec)
     tf = modeling.import_keras()[0]
-    if spec is None or spec.strip().lower() in ("", "all"):
+    if parsed is None:
         return None
+    _, idx = parsed
     items = [s.strip().lower() for s in spec.split(",") if s.strip()]
     gpus = tf.config.list_physical_devices("GPU")
     if items == ["cpu"]:
@@ -352,17 +354,34 @@ def select_devices(spec: str | None):
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()
                                                              for _ in items])
         return [f"/cpu:{i}" for i in range(len(items))]
-    try:
-        idx = [int(i.split(":", 1)[1] if i.startswith("gpu:") else i) for i in items]
-    except ValueError:
-        raise EdgetlError(f"--devices {spec!r} is not a device list",
-                          hint="e.g. --devices gpu:0,gpu:1, --devices cpu, or --devices all") from None
     bad = [i for i in idx if not 0 <= i < len(gpus)]
     if bad:
         raise EdgetlError(f"--devices {spec}: this machine has {len(gpus)} GPU(s) visible to TensorFlow",
                           hint='check `nvidia-smi` and that TensorFlow sees them (pip install "edgetl[gpu]")')
     tf.config.set_visible_devices([gpus[i] for i in idx], "GPU")
     return [f"/gpu:{k}" for k in range(len(idx))]
+
+
+_DEVICE = re.compile(r"cpu(?::([0-9]{1,3}))?|gpu:([0-9]{1,3})|([0-9]{1,3})")
+
+
+def parse_devices(spec: str | None):
+    """``--devices`` read without TensorFlow (so a typo fails at once): None for all, else (kind, indices)
+    with kind "cpu" (``cpu``: one device; ``cpu:0,cpu:1``: the CPU split in two) or "gpu"."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    items = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    hint = "e.g. --devices gpu:0,gpu:1, --devices cpu, --devices cpu:0,cpu:1, or --devices all"
+    matches = [_DEVICE.fullmatch(i) for i in items]
+    if not items or not all(matches):
+        raise EdgetlError(f"--devices {spec!r} is not a device list", hint=hint)
+    kinds = {"cpu" if i.startswith("cpu") else "gpu" for i in items}
+    if len(kinds) != 1 or (kinds == {"cpu"} and len(items) > 1 and "cpu" in items):
+        raise EdgetlError(f"--devices {spec!r} mixes kinds of devices", hint=hint)
+    idx = [int(m.group(1) or m.group(2) or m.group(3) or 0) for m in matches]
+    if len(set(idx)) != len(idx):
+        raise EdgetlError(f"--devices {spec!r} names a device twice", hint=hint)
+    return kinds.pop(), idx
 
 
 def wants_strategy(devices: str | None) -> bool:
@@ -439,7 +458,7 @@ class _OwnRows:
 
 
 def _decode(paths: list, images, size: int, policy: str, desc: str) -> dict:
-    """Decode ``paths`` into ``images[i]``; returns {i: (reason or None, sha1 or None)}."""
+    """Decode ``paths`` into ``images[i]``; returns {i: (reason or None, sha256 or None)}."""
     out = {}
     with ui.Progress(len(paths), desc) as bar, ThreadPoolExecutor(data_mod._workers()) as pool:
         for i, (px, digest, reason) in enumerate(pool.map(lambda p: data_mod._read_one(p, size, policy), paths,
@@ -457,7 +476,7 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
     writes split.json, labels.txt and its shard of the cache into ``run_dir`` (the chief)."""
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
-    layout, classes, groups = data_mod.scan(data_dir)
+    layout, classes, groups = data_mod.scan(data_dir, warn=False)  # the precheck said what is ignored
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     listing = hashlib.sha1("\n".join(f"{p.relative_to(data_dir)}|{lab}|{g}" for p, lab, g in all_files)
                            .encode("utf-8")).hexdigest()
@@ -506,7 +525,8 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
         final.unlink(missing_ok=True)
         raise
     images = ShardedImages(ctx, np.load(final, mmap_mode="r"), owner, index, (len(owner), size, size, 3))
-    ds = data_mod.Dataset(data_dir, classes, layout, size, cfg.resize, images, files, skipped, [], test_is_val)
+    ds = data_mod.Dataset(data_dir, classes, layout, size, cfg.resize, images, files, skipped, [], test_is_val,
+                          hashes={rel: hashes[rel] for items in files.values() for rel, _, _ in items})
     data_mod._warn_quality(ds, hashes)
     if test_is_val:
         ds.notes.append("no test/ folder: the val split is also used as the test split")
@@ -531,14 +551,14 @@ def _write_shard_index(ds, run_dir: Path, ctx: Context):
 
 
 def load_dataset(doc: dict, run_dir: Path, ctx: Context):
-    """data.load on N workers, from the chief's split.json ``doc``: each worker decodes its rows again."""
-    try:
-        data_dir = Path(doc["data_dir"])
-        items = [rel for s in doc["files"].values() for rel, _ in s]
-        size, policy = int(doc["image_size"]), doc["resize"]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise EdgetlError("split.json of the run is damaged (fields missing)",
-                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
+    """data.load on N workers, from the chief's split.json ``doc`` (checked whole by schema.read_split):
+    each worker decodes its rows again; photos whose content changed since the run was made are named."""
+    from . import schema
+
+    schema.check(doc, schema.split_shape(doc), "split.json", schema.rebuild_hint("RUN", doc.get("data_dir")))
+    data_dir = Path(doc["data_dir"])
+    items = [rel for s in doc["files"].values() for rel, _ in s]
+    size, policy = doc["image_size"], doc["resize"]
     mine = list(range(ctx.rank, len(items), ctx.n))
     cache_dir = Path(run_dir) / "cache-shard"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -549,7 +569,11 @@ def load_dataset(doc: dict, run_dir: Path, ctx: Context):
     local.flush()
     del local
     bad = [{"path": items[j], "reason": got[i][0]} for i, j in enumerate(mine) if got[i][0] is not None]
+    recorded = doc.get("sha256") or {}
+    changed = [items[j] for i, j in enumerate(mine) if got[i][0] is None and items[j] in recorded
+               and recorded[items[j]] != got[i][1]]
     bad = [b for part in ctx.allgather_json(bad) for b in part]
+    changed = sorted(c for part in ctx.allgather_json(changed) for c in part)
     if bad:
         raise EdgetlError(f"{data_dir / bad[0]['path']}: {bad[0]['reason']} (it was readable when the run was made)",
                           hint="restore the data folder recorded in split.json (on every worker), or start a new run")
@@ -559,5 +583,10 @@ def load_dataset(doc: dict, run_dir: Path, ctx: Context):
     images = ShardedImages(ctx, np.load(tmp, mmap_mode="r"), owner, index, (len(items), size, size, 3))
     rows = {rel: r for r, rel in enumerate(items)}
     files = {s: [[rel, lab, rows[rel]] for rel, lab in v] for s, v in doc["files"].items()}
+    notes = list(doc.get("notes", []))
+    note = data_mod.changed_photos_note(changed, len(items), doc)
+    if note:
+        notes.append(note)
     return data_mod.Dataset(data_dir, doc["classes"], doc["layout"], size, policy, images, files,
-                            doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
+                            doc.get("skipped", []), notes, doc.get("test_is_val", "test" not in doc["files"]),
+                            hashes=dict(recorded))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 from edge_runtime.preprocess import DEFAULT_RESIZE, RESIZE_POLICIES
+
+from .schema import shown
 
 IMAGE_SIZES = (96, 128, 160, 192, 224)
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -66,17 +69,72 @@ def toml_name(name: str) -> str:
     return name.replace("_", "-")
 
 
-# Upper bounds that keep a typo from allocating the machine away (head-units 1e20) or overflowing.
-LIMITS = {"head_units": 65536, "epochs": 100000, "fine_tune_epochs": 100000, "batch_size": 65536,
-          "calibration_size": 1000000, "patience": 100000, "fine_tune_patience": 100000, "augment_views": 100,
-          "seed": 2**32 - 1}
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: ``lo``..``hi``, open at either end; ``integer``: whole numbers only."""
+
+    lo: float
+    hi: float
+    integer: bool = True
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def text(self) -> str:
+        if self.integer:
+            return f"a whole number from {self.lo} to {self.hi}"
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# Every number edgetl takes, from a flag or a TOML key, is checked against this one table (check_number):
+# finite, of the right kind, within range. The upper bounds keep a typo from allocating the machine away
+# (head-units 1e20), overflowing a C int (--threads 2147483648) or running for ever.
+RANGES = {
+    # training options (Config fields: flags and TOML keys)
+    "head_units": Range(1, 65536), "epochs": Range(1, 100000), "fine_tune_epochs": Range(0, 100000),
+    "batch_size": Range(1, 65536), "calibration_size": Range(1, 1000000), "patience": Range(0, 100000),
+    "fine_tune_patience": Range(0, 100000), "augment_views": Range(1, 100), "seed": Range(0, 2**32 - 1),
+    "dropout": Range(0, 1, integer=False, hi_open=True),
+    "learning_rate": Range(0, 10, integer=False, lo_open=True),
+    "fine_tune_lr": Range(0, 10, integer=False, lo_open=True),
+    "max_drop": Range(0, 100, integer=False), "min_agreement": Range(0, 1, integer=False),
+    # options of the command line only
+    "threads": Range(1, 1024), "top_k": Range(1, 100000), "smooth": Range(1, 100000),
+    "max_frames": Range(1, 2**31 - 1), "runs": Range(1, 1000000), "warmup": Range(0, 1000000),
+    "local_workers": Range(1, 64), "task_index": Range(0, 65535),
+    "worker_timeout": Range(1, 86400, integer=False),
+}
+
+
+def check_number(name: str, value, shown_as: str | None = None):
+    """``value`` if it is a finite number of the kind and range RANGES gives ``name``; else the one error
+    every numeric option gets: exit 2 naming the option, the value and the valid range. ``None`` (the
+    option not given) passes."""
+    if value is None:
+        return None
+    r = RANGES[name]
+    label = shown_as or toml_name(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EdgetlError(f"{label} {shown(value)} is not a number", hint=f"use {r.text()}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EdgetlError(f"{label} must be a finite number, not {value!r}", hint=f"use {r.text()}")
+    if r.integer and value != int(value):
+        raise EdgetlError(f"{label} {value!r} is not a whole number", hint=f"use {r.text()}")
+    if value not in r:
+        raise EdgetlError(f"{label} {value:g} is out of range" if isinstance(value, float) else
+                          f"{label} {value} is out of range", hint=f"use {r.text()}")
+    return int(value) if r.integer else value
+
+
 LIST_ITEM = {"split": "number", "quantize": "str"}
 
 
 def _coerce(name: str, value):
     f = FIELDS[name]
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    shown = toml_name(name)
+    shown_name = toml_name(name)
     try:
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -87,18 +145,12 @@ def _coerce(name: str, value):
                 raise TypeError
             if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
                 raise TypeError
-            v = int(value)
-            if v < 0 or v > LIMITS.get(name, 2**31 - 1):
-                raise EdgetlError(f"{shown} {v} is out of range",
-                                  hint=f"use an integer from 0 to {LIMITS.get(name, 2**31 - 1)}")
-            return v
+            return check_number(name, int(value), shown_name) if name in RANGES else int(value)
         if isinstance(default, float):
             if isinstance(value, bool):
                 raise TypeError
             v = float(value)
-            if not math.isfinite(v):
-                raise EdgetlError(f"{shown} must be a finite number, not {value!r}", hint=f"e.g. {default!r}")
-            return v
+            return check_number(name, v, shown_name) if name in RANGES else v
         if isinstance(default, list):
             if not isinstance(value, (list, tuple)):
                 value = [value]
@@ -121,8 +173,8 @@ def _coerce(name: str, value):
         return value
     except (TypeError, ValueError, OverflowError):
         kind = {"number": "list of numbers", "str": "list of names"}.get(LIST_ITEM.get(name), type(default).__name__)
-        raise EdgetlError(f"option {shown}: {value!r} is not a valid {kind}",
-                          hint=f"e.g. {shown} = {_toml_value(default)} (the default)") from None
+        raise EdgetlError(f"option {shown_name}: {shown(value)} is not a valid {kind}",
+                          hint=f"e.g. {shown_name} = {_toml_value(default)} (the default)") from None
 
 
 def _toml_value(v) -> str:
@@ -144,47 +196,79 @@ def validate(cfg: Config) -> Config:
     if cfg.alpha not in ALPHAS:
         bad(f"alpha {cfg.alpha} is not a MobileNetV2 width", f"use one of {', '.join(map(str, ALPHAS))}")
     if cfg.resize not in RESIZE_POLICIES:
-        bad(f"resize policy {cfg.resize!r} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
-    if len(cfg.split) not in (2, 3) or any(not 0 <= float(x) < 1 for x in cfg.split[1:]) \
-            or abs(sum(float(x) for x in cfg.split) - 1.0) > 1e-6 or not 0 < float(cfg.split[0]) <= 1:
-        bad(f"split {cfg.split} is not a train/val[/test] partition", "e.g. --split 0.8,0.1,0.1 (sums to 1)")
-    cfg.split = [float(x) for x in cfg.split]
-    for name in ("epochs", "batch_size", "head_units", "calibration_size", "augment_views"):
-        if getattr(cfg, name) < 1:
-            bad(f"{toml_name(name)} must be at least 1", f"e.g. --{toml_name(name)} {getattr(Config, name)}")
-    if not 0 <= cfg.dropout < 1:
-        bad(f"dropout {cfg.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
+        bad(f"resize policy {shown(cfg.resize)} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
+    try:
+        sp = [float(x) for x in cfg.split]
+    except (TypeError, ValueError):
+        sp = []
+    if len(sp) not in (2, 3) or any(not 0 <= x <= 1 for x in sp) or abs(sum(sp) - 1.0) > 1e-6:
+        bad(f"split {shown(cfg.split)} is not a train/val[/test] partition (2 or 3 fractions from 0 to 1 that sum "
+            "to 1)", "e.g. --split 0.8,0.1,0.1, or --split 0.9,0.1 (no test split: val is also the test split)")
+    if not sp[0] > 0 or not sp[1] > 0:
+        which = "training" if not sp[0] > 0 else "validation"
+        bad(f"split {shown(cfg.split)} leaves no {which} photos: every run needs a training and a validation "
+            "split (early stopping and the choice of the stage-2 model use it)",
+            "e.g. --split 0.8,0.1,0.1, or --split 0.9,0.1 (no test split: val is also the test split)")
+    cfg.split = sp
+    for name in RANGES:
+        if name in FIELDS:
+            setattr(cfg, name, check_number(name, getattr(cfg, name)))
+    cfg.fine_tune_from = check_layer_spec(cfg.fine_tune_from)
     if not cfg.quantize:
         bad("no quantization mode given (quantize is empty)", f"give at least one of {', '.join(MODES)}, e.g. "
             "--quantize int8")
     for m in cfg.quantize:
         if m not in MODES:
-            bad(f"quantization mode {m!r} is unknown", f"use one of {', '.join(MODES)}")
+            bad(f"quantize: mode {shown(m)} is unknown", f"use one of {', '.join(MODES)}")
     cfg.quantize = list(dict.fromkeys(cfg.quantize))
     if cfg.io not in IO_TYPES:
-        bad(f"io type {cfg.io!r} is unknown", f"use one of {', '.join(IO_TYPES)}")
-    if not 0 <= cfg.min_agreement <= 1 or not 0 <= cfg.max_drop <= 100:
-        bad("gates: --min-agreement must be within [0, 1] and --max-drop within [0, 100] points",
-            "e.g. --max-drop 1 --min-agreement 0.97")
-    for name in ("learning_rate", "fine_tune_lr"):
-        if not 0 < getattr(cfg, name) <= 10:
-            bad(f"{toml_name(name)} {getattr(cfg, name)} must be in (0, 10]",
-                f"e.g. --{toml_name(name)} {getattr(Config, name)}")
+        bad(f"io type {shown(cfg.io)} is unknown", f"use one of {', '.join(IO_TYPES)}")
     return cfg
 
 
+LAYER_INDEX = re.compile(r"[+-]?[0-9]{1,6}")
+LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,199}")
+
+
+def check_layer_spec(spec) -> str:
+    """--fine-tune-from: a layer index (ASCII digits, negative from the end) or a layer name (Keras's
+    characters). Anything else (``--5``, ``²``, an empty string) is an error before TensorFlow loads."""
+    s = str(spec).strip()
+    if LAYER_INDEX.fullmatch(s):
+        return str(int(s))
+    if LAYER_NAME.fullmatch(s):
+        return s
+    raise EdgetlError(f"--fine-tune-from {shown(str(spec))} is neither a layer index nor a layer name",
+                      hint="e.g. --fine-tune-from 100 (an index into the base; negative counts from the end) or "
+                           "a layer name such as block_13_expand")
+
+
+
 def read_toml(path) -> dict:
+    """The options of a TOML file (read through edge_runtime.files: a regular file, size-capped, never a
+    folder or a named pipe; UTF-8 with or without a byte-order mark)."""
+    from edge_runtime import files
+
     p = Path(path)
-    if not p.is_file():
-        raise EdgetlError(f"config file not found: {p}", hint="pass a TOML file, e.g. --config edgetl.toml")
+    hint = "pass a TOML file, e.g. --config edgetl.toml"
+    try:
+        text = files.read_text(p, limit=1 << 20, what="config file")
+    except files.FileProblem as e:
+        if e.missing:
+            raise EdgetlError(f"config file not found: {p}", hint=hint) from None
+        raise EdgetlError(e.message, hint=hint) from None
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise EdgetlError(f"{p}: not valid TOML ({e})", hint="check the syntax: key = value") from None
+    except RecursionError:
+        raise EdgetlError(f"{p}: not valid TOML for edgetl (values nested too deep)",
+                          hint="options are numbers, strings, booleans or flat lists, e.g. split = [0.8, 0.1, 0.1]") \
+            from None
     if "edgetl" in data and isinstance(data["edgetl"], dict):
         extra = set(data) - {"edgetl"}
         data = {**data["edgetl"], **{k: data[k] for k in extra}}

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shutil
+import unicodedata
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from edge_runtime import files as files_mod
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
-from . import runfolder, ui
+from . import runfolder, schema, ui
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -46,6 +47,7 @@ class Dataset:
     skipped: list = field(default_factory=list)  # [{"path", "reason"}]
     notes: list = field(default_factory=list)
     test_is_val: bool = False
+    hashes: dict = field(default_factory=dict)  # relpath -> sha256 of the file's bytes when it was decoded
 
     def rows(self, split: str) -> np.ndarray:
         split = "val" if (split == "test" and self.test_is_val) else split
@@ -90,20 +92,73 @@ def _subdirs(p: Path) -> list:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def printable(name) -> str:
+    """A file or folder name as it can be shown on one line: bytes that are not UTF-8 as ``\\xNN``,
+    control characters and line breaks escaped (``\\n``)."""
+    s = os.fsencode(str(name)).decode("utf-8", "backslashreplace")
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in s)
+
+
 def _find_split_dirs(data_dir: Path) -> dict:
+    """{split: folder} of the split folders of ``data_dir`` (any case, any alias); two folders for one
+    split (``Train/`` beside ``train/``, ``val/`` beside ``validation/``) are an error, never one ignored."""
     found = {}
-    names = {d.name.lower(): d for d in _subdirs(data_dir)}
     for split, aliases in SPLIT_ALIASES.items():
-        for a in aliases:
-            if a in names:
-                found[split] = names[a]
-                break
+        hits = [d for d in _subdirs(data_dir) if d.name.lower() in aliases]
+        if len(hits) > 1:
+            raise EdgetlError(f"{printable(data_dir)} has {len(hits)} folders for the {split} split: "
+                              f"{', '.join(printable(h.name) + '/' for h in hits)}",
+                              hint=f"merge them into one folder ({split}/) or rename the others; "
+                                   "edgetl never picks one and ignores the rest")
+        if hits:
+            found[split] = hits[0]
     return found
 
 
-def scan(data_dir, skipped=None) -> tuple:
-    """(layout, classes, {split_or_'all': [(path, label)]}) of a data folder; errors for bad layouts.
-    Entries that are not regular files and unreadable sub-folders are appended to ``skipped``."""
+def check_class_names(names: list, where: Path):
+    """Class folder names must be labels: one line of UTF-8 text each (labels.txt, the model's metadata),
+    no two alike once Unicode forms and case are set aside. An error names the folder, printably."""
+    for name in names:
+        why = schema.printable_problem(name)
+        if why == "bytes that are not UTF-8":
+            raise EdgetlError(f"class folder {printable(where / name)} has a name that is not valid UTF-8",
+                              hint="rename the folder with a UTF-8 name: its name becomes a label, which is text")
+        if why:
+            raise EdgetlError(f"class folder {printable(where / name)} has {why} in its name",
+                              hint="rename the folder: its name becomes a label, and labels are written one per "
+                                   "line (labels.txt)")
+        if name != name.strip():
+            raise EdgetlError(f"class folder '{printable(where / name)}' has a name that begins or ends with "
+                              "a space", hint="rename the folder without the surrounding spaces (labels are read "
+                                              "back one per line, stripped)")
+    seen = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            other = seen[key]
+            if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+                msg = (f"class folders {other!a} and {name!a} in {printable(where)} are the same name "
+                       f"'{name}' written in two Unicode forms")
+            else:
+                msg = f"class folders '{other}' and '{name}' in {printable(where)} differ only in case"
+            raise EdgetlError(msg, hint="merge them into one folder, or rename one: they would be two labels that "
+                                        "read the same (and one folder on macOS and Windows)")
+        seen[key] = name
+
+
+def _ignored(d: Path, keep: list, what: str, warn: bool):
+    """Warn about what is directly in ``d`` but not read (loose files, folders that are not ``keep``)."""
+    loose = sorted(f for f in d.iterdir() if not f.name.startswith(".") and f not in keep)
+    if loose and warn:
+        one = len(loose) == 1
+        ui.warn(f"{len(loose)} entr{'y' if one else 'ies'} directly in {printable(d)} {'is' if one else 'are'} "
+                f"ignored ({what}), e.g. {printable(loose[0].name)}")
+
+
+def scan(data_dir, skipped=None, warn: bool = True) -> tuple:
+    """(layout, classes, {split_or_'all': [(path, label)]}) of a data folder; errors for bad layouts
+    (two folders for one split, class names that cannot be labels or that collide). Entries that are not
+    regular files and unreadable sub-folders are appended to ``skipped``; what is ignored is said (``warn``)."""
     d = Path(data_dir)
     if not d.exists():
         raise EdgetlError(f"data folder not found: {d}", hint="pass a folder with one sub-folder per class")
@@ -114,11 +169,13 @@ def scan(data_dir, skipped=None) -> tuple:
         if "val" not in split_dirs:
             raise EdgetlError(f"{d} has a train/ folder but no val/ folder",
                               hint="add val/ (same class folders), or put the class folders directly in DATA_DIR")
+        _ignored(d, list(split_dirs.values()), "not a split folder: train/, val/, test/", warn)
         classes = [c.name for c in _subdirs(split_dirs["train"])]
         _check_classes(classes, split_dirs["train"])
         groups = {}
         for split, sd in split_dirs.items():
             sub = [c.name for c in _subdirs(sd)]
+            check_class_names(sub, sd)
             if sorted(sub) != classes:
                 missing = sorted(set(classes) - set(sub))
                 extra = sorted(set(sub) - set(classes))
@@ -132,14 +189,13 @@ def scan(data_dir, skipped=None) -> tuple:
         return "splits", classes, groups
     classes = [c.name for c in _subdirs(d)]
     _check_classes(classes, d)
-    loose = [f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")]
-    if loose:
-        ui.warn(f"{len(loose)} file(s) directly in {d} are ignored (not in a class folder), e.g. {loose[0].name}")
+    _ignored(d, [d / c for c in classes], "not in a class folder", warn)
     files = [(p, i) for i, c in enumerate(classes) for p in preprocess.iter_image_files(d / c, skipped)]
     return "folders", classes, {"all": files}
 
 
 def _check_classes(classes, where: Path):
+    check_class_names(classes, where)
     if not classes:
         raise EdgetlError(f"{where} has no class folders",
                           hint="put each class's photos in its own sub-folder, e.g. photos/cat/, photos/dog/")
@@ -240,7 +296,7 @@ def _read_one(path: Path, size: int, policy: str):
         px = preprocess.fit(preprocess.decode_image(data), size, policy)
     except ImageError as e:
         return None, None, e.reason
-    return px, hashlib.sha1(data).hexdigest(), None
+    return px, hashlib.sha256(data).hexdigest(), None
 
 
 def _workers() -> int:
@@ -252,7 +308,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
     not_read = []  # not regular files, unreadable folders: never opened, listed with the skipped files
-    layout, classes, groups = scan(data_dir, not_read)
+    layout, classes, groups = scan(data_dir, not_read, warn=False)  # the CLI's precheck said what is ignored
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     n = len(all_files)
     cache_dir = run_dir / "cache"
@@ -283,7 +339,8 @@ def build(data_dir, run_dir, cfg) -> Dataset:
         tmp.unlink(missing_ok=True)
         raise
     runfolder.replace_file(tmp, cache_dir / "images.npy")
-    ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val)
+    ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val,
+                 hashes={rel: hashes[rel] for items in files.values() for rel, _, _ in items})
     _warn_quality(ds, hashes)
     if test_is_val:
         ds.notes.append("no test/ folder: the val split is also used as the test split")
@@ -301,7 +358,7 @@ def organise(data_dir: Path, layout: str, classes: list, groups: dict, all_files
     if skipped:
         ui.warn(f"{len(skipped)} file(s) skipped:")
         for s in skipped[:20]:
-            ui.info(f"  {s['path']}: {s['reason']}")
+            ui.info(f"  {printable(s['path'])}: {s['reason']}")
         if len(skipped) > 20:
             ui.info(f"  ... and {len(skipped) - 20} more (all listed in report.json)")
         if cfg.strict:
@@ -388,6 +445,7 @@ def _write_split(ds: Dataset, run_dir: Path, cfg):
         "files": {s: [[rel, lab] for rel, lab, _ in items] for s, items in ds.files.items()},
         "skipped": ds.skipped,
         "notes": ds.notes,
+        "sha256": ds.hashes,  # what each photo was when decoded: a later re-decode says what changed
     }
     runfolder.write_json(run_dir / "split.json", doc)
     rows = {rel: r for items in ds.files.values() for rel, _, r in items}
@@ -396,53 +454,53 @@ def _write_split(ds: Dataset, run_dir: Path, cfg):
     runfolder.write_text(run_dir / "labels.txt", "\n".join(ds.classes) + "\n")
 
 
+def read_split(run_dir) -> dict:
+    """A run's split.json, its whole shape checked (schema.py): a damaged file is one error naming the
+    field, before anything is decoded or trained."""
+    return schema.read_split(run_dir)
+
+
 def load(run_dir, rebuild_into=None) -> Dataset:
-    """The dataset of an existing run, from split.json and the cache (re-decoded if the cache is gone)."""
+    """The dataset of an existing run, from split.json and the cache (re-decoded if the cache is gone).
+    split.json and report.json are checked whole first (schema.check_run)."""
     run_dir = Path(run_dir)
-    sp = run_dir / "split.json"
-    if not sp.is_file():
-        raise EdgetlError(f"{run_dir} is not an edgetl run (no split.json)",
-                          hint="run `edgetl train DATA_DIR --out RUN` first")
-    doc = runfolder.read_json(sp, "split")
-    try:
-        data_dir = Path(doc["data_dir"])
-        n_files = sum(len(v) for v in doc["files"].values())
-        size = int(doc["image_size"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise EdgetlError(f"{sp} is damaged (fields missing)",
-                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
+    doc = schema.check_run(run_dir)
+    n_files = sum(len(v) for v in doc["files"].values())
+    size = doc["image_size"]
     cache_dir = run_dir / "cache"
     idx_path, img_path = cache_dir / "index.json", cache_dir / "images.npy"
     rows, images, idx = None, None, None
     try:
         idx = files_mod.read_json(idx_path, what="cache index") if idx_path.exists() else None
-        if isinstance(idx, dict) and idx.get("image_size") == size and idx.get("resize") == doc["resize"] \
+        if schema.fits(idx, schema.INDEX_SHAPE) and idx["image_size"] == size and idx["resize"] == doc["resize"] \
                 and img_path.is_file():
             images = np.load(img_path, mmap_mode="r")
             rows = idx["rows"]
             if images.shape[1:] != (size, size, 3) or len(rows) != n_files or \
-                    any(not 0 <= r < images.shape[0] for r in rows.values()):
+                    any(not 0 <= r < images.shape[0] for r in rows.values()) or \
+                    any(rel not in rows for items in doc["files"].values() for rel, _ in items):
                 rows, images = None, None
     except (OSError, ValueError, TypeError, KeyError, AttributeError, EdgetlError):
         rows, images = None, None  # a damaged or truncated cache is rebuilt, as a missing one
+    notes = list(doc.get("notes", []))
     if rows is None:
         if isinstance(idx, dict) and isinstance(idx.get("shard"), dict):  # made by several workers (collective.py)
             ui.info(f"the photo cache of {run_dir} holds the chief's shard only (the run was made by "
                     f"{idx['shard'].get('workers')} workers): decoding the photos")
         elif img_path.exists():
-            ui.warn(f"the photo cache of {run_dir} is missing or damaged: decoding the photos again")
+            ui.warn(f"the photo cache of {schema.user_path(run_dir)} is missing or damaged: decoding the photos again")
         if rebuild_into is not None:  # the run is only read: decode into another folder
             cache_dir = Path(rebuild_into)
             img_path = cache_dir / "images.npy"
-        rows = _rebuild_cache(cache_dir, doc)
+        rows, changed = _rebuild_cache(cache_dir, doc)
+        note = changed_photos_note(changed, n_files, doc)
+        if note:
+            notes.append(note)
         images = np.load(img_path, mmap_mode="r")
-    try:
-        files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
-    except (KeyError, TypeError, ValueError):
-        raise EdgetlError(f"{sp} is damaged (it does not match the cache)",
-                          hint="rebuild the run with `edgetl build DATA_DIR --out RUN --force`") from None
-    return Dataset(data_dir, doc["classes"], doc["layout"], doc["image_size"], doc["resize"], images, files,
-                   doc.get("skipped", []), doc.get("notes", []), doc.get("test_is_val", False))
+    files = {s: [[rel, lab, rows[rel]] for rel, lab in items] for s, items in doc["files"].items()}
+    return Dataset(Path(doc["data_dir"]), doc["classes"], doc["layout"], size, doc["resize"], images, files,
+                   doc.get("skipped", []), notes, doc.get("test_is_val", "test" not in doc["files"]),
+                   hashes=dict(doc.get("sha256") or {}))
 
 
 def scratch_cache() -> Path:
@@ -457,19 +515,39 @@ def scratch_cache() -> Path:
     return d
 
 
-def _rebuild_cache(cache_dir: Path, doc: dict) -> dict:
+def changed_photos_note(changed: list, total: int, doc: dict) -> str | None:
+    """Photos decoded again whose bytes differ from split.json's record (``changed``: relative paths):
+    warn naming them and say what is done (they are used as they are now), and return the note."""
+    if not changed:
+        return None
+    changed = sorted(changed)
+    names = ", ".join(printable(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    note = (f"{len(changed)} of {total} photos changed in {printable(doc['data_dir'])} since the run was made "
+            f"(same name, other content): {names}")
+    ui.warn(note + "; they are used as they are now, with the label of their folder, so the figures are not "
+                   "those of the photos the run was made from (a new `edgetl build --force` splits them afresh)")
+    return note
+
+
+def _rebuild_cache(cache_dir: Path, doc: dict) -> tuple:
+    """Decode the run's photos again into ``cache_dir``. Returns (rows, changed): relpath -> cache row, and
+    the photos whose content differs from the SHA-256 split.json recorded (none for older runs)."""
     data_dir = Path(doc["data_dir"])
     items = [rel for s in doc["files"].values() for rel, _ in s]
     size, policy = doc["image_size"], doc["resize"]
+    recorded = doc.get("sha256") or {}
     tmp = cache_dir / "images.u8.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     images = create_cache(tmp, (max(len(items), 1), size, size, 3))
+    changed = []
     with ui.Progress(len(items), "re-decoding photos") as bar:
         for r, rel in enumerate(items):
-            px, _, reason = _read_one(data_dir / rel, size, policy)
+            px, digest, reason = _read_one(data_dir / rel, size, policy)
             if reason is not None:
-                raise EdgetlError(f"{data_dir / rel}: {reason} (it was readable when the run was made)",
+                raise EdgetlError(f"{printable(data_dir / rel)}: {reason} (it was readable when the run was made)",
                                   hint="restore the data folder recorded in split.json, or start a new run")
+            if rel in recorded and recorded[rel] != digest:
+                changed.append(rel)
             images[r] = px
             bar.update()
     images.flush()
@@ -477,7 +555,7 @@ def _rebuild_cache(cache_dir: Path, doc: dict) -> dict:
     runfolder.replace_file(tmp, cache_dir / "images.npy")
     rows = {rel: r for r, rel in enumerate(items)}
     runfolder.write_json(cache_dir / "index.json", {"image_size": size, "resize": policy, "rows": rows})
-    return rows
+    return rows, changed
 
 
 def print_counts(ds: Dataset):

@@ -33,6 +33,7 @@ from pathlib import Path
 from edge_runtime.errors import EdgetlError
 
 from . import ui
+from .config import check_number
 
 CHILD_ENV = "EDGETL_DIST_CHILD"
 DEFAULT_TIMEOUT = 600.0
@@ -80,6 +81,10 @@ def _address(a: str, where: str) -> str:
 
 def from_flags(cluster: str, task_index) -> Cluster:
     addrs = [_address(a, "--cluster") for a in cluster.split(",") if a.strip()]
+    if not addrs:
+        raise EdgetlError(f"--cluster {cluster!r} lists no worker",
+                          hint="give every worker's HOST:PORT, the chief first, e.g. --cluster "
+                               "10.0.0.1:2222,10.0.0.2:2222")
     if len(set(addrs)) != len(addrs):
         raise EdgetlError("--cluster lists the same HOST:PORT twice", hint="give every worker its own HOST:PORT")
     if task_index is None:
@@ -94,15 +99,20 @@ def from_flags(cluster: str, task_index) -> Cluster:
 
 def parse_tf_config(text: str):
     """The Cluster of a TF_CONFIG value, or None for a cluster of one task (a plain one-process run)."""
+    from . import schema
+
+    hint = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["h1:2222", "h2:2222"]}, '
+            '"task": {"type": "worker", "index": 0}}\'')
     try:
         cfg = json.loads(text)
-        cluster, task = cfg["cluster"], cfg.get("task") or {}
-        if not isinstance(cluster, dict) or not isinstance(task, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise EdgetlError("TF_CONFIG is not valid: it must be JSON with 'cluster' and 'task'",
-                          hint='e.g. TF_CONFIG=\'{"cluster": {"worker": ["h1:2222", "h2:2222"]}, '
-                               '"task": {"type": "worker", "index": 0}}\'') from None
+    except (ValueError, RecursionError):
+        raise EdgetlError("TF_CONFIG is not valid: it must be JSON with 'cluster' and 'task'", hint=hint) from None
+    try:
+        _tf_config_shape()(cfg, [])
+    except (schema.Bad, RecursionError) as b:
+        why = f"{b.field} {b.reason}" if isinstance(b, schema.Bad) else "nested too deep"
+        raise EdgetlError(f"TF_CONFIG is not valid: {why}", hint=hint) from None
+    cluster, task = cfg["cluster"], cfg.get("task") or {}
     other = sorted(set(cluster) - set(JOB_TYPES) - {"evaluator"})
     if other:
         raise EdgetlError(f"TF_CONFIG has job type(s) {', '.join(other)}: edgetl runs MultiWorkerMirroredStrategy, "
@@ -114,6 +124,15 @@ def parse_tf_config(text: str):
     if n <= 1:
         return None
     return _cluster({"cluster": {j: cluster[j] for j in JOB_TYPES if cluster.get(j)}, "task": task}, "TF_CONFIG")
+
+
+def _tf_config_shape():
+    from . import schema
+
+    addresses = schema.list_of(schema.text(nonempty=True), what="a list of HOST:PORT addresses")
+    return schema.obj({"cluster": schema.dict_of(addresses),
+                       "task": schema.obj({"type": schema.text(), "index": schema.integer(0, 65535)})},
+                      required=("cluster",))
 
 
 def _cluster(cfg: dict, source: str) -> Cluster:
@@ -142,9 +161,9 @@ def plan(cluster=None, task_index=None, local_workers=None, env=None):
         if cluster is not None or task_index is not None:
             raise EdgetlError("--local-workers cannot be combined with --cluster/--task-index",
                               hint="--local-workers N starts the whole cluster here; --cluster joins one")
-        if not 1 <= local_workers <= 64:
-            raise EdgetlError(f"--local-workers {local_workers} is out of range", hint="use 1 to 64")
+        check_number("local_workers", local_workers, "--local-workers")
         return LocalPlan(local_workers) if local_workers > 1 else None
+    check_number("task_index", task_index, "--task-index")
     if task_index is not None and cluster is None:
         raise EdgetlError("--task-index needs --cluster", hint="e.g. --cluster h1:2222,h2:2222 --task-index 0")
     if cluster is not None:
@@ -277,7 +296,9 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
         clusters = [the_plan]
     me = clusters[0] if local else the_plan
     lock = runfolder.RunLock(lock_target) if (lock_target is not None and me.chief) else None
-    scratch_root = Path(tempfile.mkdtemp(prefix="edgetl-workers-"))
+    sweep_stale_scratch()
+    scratch_root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    (scratch_root / OWNER_FILE).write_text(json.dumps(_owner()))
     children: list = []
     interrupted = {"sig": None}
 
@@ -297,7 +318,8 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
             scratch = scratch_root / f"task-{c.rank}"
             scratch.mkdir()
             settings = {"status_fd": w, "timeout": timeout, "lock_held": lock is not None and c.chief,
-                        "scratch": str(scratch), "threads": threads, "isolated": isolated}
+                        "scratch": str(scratch), "threads": threads, "isolated": isolated,
+                        "supervisor": os.getpid()}
             env = dict(os.environ, TF_CONFIG=json.dumps(c.tf_config), **{CHILD_ENV: json.dumps(settings)})
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             relay = local and not c.chief
@@ -327,6 +349,81 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
         shutil.rmtree(scratch_root, ignore_errors=True)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+SCRATCH_PREFIX = "edgetl-workers-"
+OWNER_FILE = ".owner.json"
+
+
+def _start_time(pid: int):
+    """The start time of process ``pid`` (clock ticks since boot, Linux), or None if unknown: with the pid,
+    it names a process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _alive(owner: dict) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    start = owner.get("start")
+    return start is None or _start_time(pid) in (None, start)
+
+
+def sweep_stale_scratch(root=None) -> list:
+    """Remove the workers' temporary folders (``$TMPDIR/edgetl-workers-*``) whose supervisor is gone (a
+    ``kill -9`` of it runs no clean-up). Only folders of this user that hold edgetl's owner file, naming a
+    process that no longer exists, are removed. Returns what was removed."""
+    from edge_runtime import files
+
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = sorted(root.glob(SCRATCH_PREFIX + "*"))
+    except OSError:
+        return removed
+    for d in candidates:
+        try:
+            st = os.lstat(d)
+            if not d.is_dir() or d.is_symlink() or st.st_uid != os.getuid():
+                continue
+            owner = files.read_json(d / OWNER_FILE, limit=4096)
+        except (OSError, ValueError, EdgetlError):
+            continue
+        if isinstance(owner, dict) and not _alive(owner):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def die_with_supervisor(settings: dict):
+    """In a worker started by ``launch``: be killed when the supervisor dies (Linux PR_SET_PDEATHSIG), so
+    a ``kill -9`` of the supervisor leaves no TensorFlow process running on (and writing) without it."""
+    parent = settings.get("supervisor")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if isinstance(parent, int) and os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _read_status(ch: _Child):

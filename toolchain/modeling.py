@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
+from .config import LAYER_INDEX, check_layer_spec
 from .runfolder import sha256_file
 
 TRAIN_HINT = 'pip install "edgetl[train]"   (from a clone: pip install ".[train]")'
@@ -168,9 +169,12 @@ def save(model, path, info: dict | None = None):
 def read_info(path) -> dict | None:
     """The edgetl info stored in a .keras file by ``save`` (no TensorFlow needed), or None."""
     import json
+    import stat
     import zipfile
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block the open for ever
+            return None
         with zipfile.ZipFile(path) as z:
             zi = z.getinfo(KERAS_INFO)
             if zi.file_size > 1 << 20:
@@ -187,15 +191,59 @@ def read_info(path) -> dict | None:
 
 
 def load(path):
+    """A Keras model from a .keras file, with messages that say what is wrong: not a regular file, not a
+    Keras archive, no room to unpack it (Keras extracts the archive into the temporary folder, here a
+    private one removed afterwards, so a failed load leaves nothing behind)."""
+    import errno
+    import shutil
+    import stat
+    import tempfile
+    import zipfile
+
+    from edge_runtime import files
+
     _, keras = import_keras()
     p = Path(path)
-    if not p.is_file():
-        raise EdgetlError(f"Keras model not found: {p}", hint="pass a .keras file, e.g. RUN/model.keras")
+    hint = "pass a model saved by Keras (.keras), e.g. RUN/model.keras"
     try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise EdgetlError(f"Keras model not found: {p}", hint=hint) from None
+    except OSError as e:
+        raise EdgetlError(f"cannot read Keras model {p} ({e.strerror or e})", hint=hint) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise EdgetlError(f"{p}: the Keras model is not a regular file ({files.kind(st.st_mode)})", hint=hint)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            head = os.read(fd, 8)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise EdgetlError(f"cannot read Keras model {p} ({e.strerror or e})", hint=hint) from None
+    if not (zipfile.is_zipfile(p) or head.startswith(b"\x89HDF")):
+        raise EdgetlError(f"{p} is not a Keras model: a .keras file is a ZIP archive, and this one starts with "
+                          f"{head[:4]!r}", hint=hint)
+    scratch = None
+    old_tmp = tempfile.tempdir
+    try:
+        scratch = tempfile.mkdtemp(prefix="edgetl-keras-")
+        tempfile.tempdir = scratch  # where Keras unpacks the archive
         return keras.models.load_model(p, compile=False)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = scratch or tempfile.gettempdir()
+            raise EdgetlError(f"no space left in the temporary folder {Path(where).parent} to unpack {p} "
+                              f"({p.stat().st_size / 1e6:.1f} MB)",
+                              hint="free some space there, or set TMPDIR to a folder on a disk with room") from None
+        raise EdgetlError(f"cannot load Keras model {p}: {e.strerror or e}", hint=hint) from None
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgetlError(f"cannot load Keras model {p}: {msg[:300]}", hint="pass a model saved by Keras (.keras)") from None
+        raise EdgetlError(f"cannot load Keras model {p}: {msg[:300]}", hint=hint) from None
+    finally:
+        tempfile.tempdir = old_tmp
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def is_edgetl_model(model) -> bool:
@@ -223,8 +271,8 @@ def fine_tune_index(base, fine_tune_from: str) -> int:
     """The base layer index ``fine_tune_from`` (an index, negative from the end, or a name) names; an
     error naming the valid range or close names otherwise. Checked before any training."""
     layers = base.layers
-    spec = str(fine_tune_from)
-    if spec.lstrip("-").isdigit():
+    spec = check_layer_spec(fine_tune_from)
+    if LAYER_INDEX.fullmatch(spec):
         idx = int(spec)
         if idx < 0:
             idx += len(layers)

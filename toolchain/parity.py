@@ -16,7 +16,7 @@ from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError
 
 from . import data as data_mod
-from . import metrics, modeling, runfolder, ui
+from . import metrics, modeling, runfolder, schema, ui
 
 
 def keras_probabilities(model, tensors, value_range=(0.0, 255.0), batch_size: int = 32, desc: str | None = None):
@@ -227,7 +227,7 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
     if resize is None and info is not None:
         resize = info.get("resize")
     if resize is None and run is not None:
-        resize = runfolder.read_report(Path(run)).get("config", {}).get("resize")
+        resize = (schema.read_report(Path(run)).get("config") or {}).get("resize")
     return labels, value_range, size, resize or preprocess.DEFAULT_RESIZE
 
 

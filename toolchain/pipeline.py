@@ -27,7 +27,7 @@ from edge_runtime.errors import EdgetlError, GateFailed
 
 from . import config as config_mod
 from . import data as data_mod
-from . import modeling, report, runfolder, train, ui
+from . import modeling, report, runfolder, schema, train, ui
 
 
 def now() -> str:
@@ -62,7 +62,7 @@ def clean_history(h: dict) -> dict:
 def precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
-    data_mod.scan(data_dir)  # a bad data folder fails before anything is written
+    data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
     modeling.check_weights_arg(cfg.weights)
 
 
@@ -201,7 +201,8 @@ def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path |
 def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -> tuple:
     """Everything `finetune` checks before any work (with the lock held): (report, config, split)."""
     runfolder.check_existing(run)
-    rep = runfolder.read_report(run)
+    split = data_mod.read_split(run)  # both files checked whole: a damaged one fails before TensorFlow loads
+    rep = schema.read_report(run, split["data_dir"])
     if not rep or "stages" not in rep:
         raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
                           hint="run `edgetl train DATA_DIR --out RUN` first")
@@ -209,7 +210,6 @@ def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -
         raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
     cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
     train.check_run_for_finetune(run)
-    split = runfolder.read_json(run / "split.json", "split")  # a damaged split fails before TensorFlow loads
     return rep, cfg, split
 
 

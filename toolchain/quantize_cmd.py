@@ -18,7 +18,7 @@ import numpy as np
 from edge_runtime.errors import EdgetlError
 
 from . import config as config_mod
-from . import runfolder, ui
+from . import runfolder, schema, ui
 
 
 def _run_of(source: Path):
@@ -57,12 +57,12 @@ def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict
         runfolder.check_existing(run_dir)
         if not (run_dir / "model.keras").is_file():
             raise EdgetlError(f"{run_dir} has no model.keras", hint="train it first: edgetl train / edgetl build")
-        rep = runfolder.read_report(run_dir)
+        split = schema.check_run(run_dir)  # a damaged split.json or report.json: exit 2 before TensorFlow loads
+        rep = schema.read_report(run_dir, split.get("data_dir"))
         cfg = config_mod.resolve(None, base=rep.get("config"), **flags)
         if resize and resize != cfg.resize:
             raise EdgetlError(f"--resize {resize} differs from the run's resize policy {cfg.resize}",
                               hint="a run's model is converted with the preprocessing it was trained with")
-        runfolder.read_json(run_dir / "split.json", "split")
         t0 = time.perf_counter()
         if out is not None:  # the run is only read
             dest = Path(out)

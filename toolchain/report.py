@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder, ui
+from .data import printable
 
 
 def mb(nbytes) -> str:
@@ -48,8 +49,10 @@ def _plt():
 
 def _save(fig, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    runfolder.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    _plt().close(fig)
+    try:
+        runfolder.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    finally:
+        _plt().close(fig)  # also when the disk is full
 
 
 def training_outcome(rep: dict) -> dict:
@@ -292,7 +295,7 @@ def write(run: Path, rep: dict, name: str | None = None):
         lines.append("")
         if rep.get("skipped"):
             lines += [f"Skipped {len(rep['skipped'])} unreadable file(s):", ""]
-            lines += [f"- `{s['path']}`: {s['reason']}" for s in rep["skipped"][:50]]
+            lines += [f"- `{printable(s['path'])}`: {printable(s['reason'])}" for s in rep["skipped"][:50]]
             lines.append("")
         for n in rep.get("notes") or []:
             lines.append(f"> note: {n}")

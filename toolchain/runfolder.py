@@ -763,11 +763,14 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _link_manifest(src: Path, dst: Path, mf: dict):
-    """Hard links (copies where links are impossible) in ``dst`` of ``src``'s manifest entries whose
-    content is still edgetl's. Nothing edgetl writes ever modifies a file in place, so the link is safe."""
-    for rel, e in mf.items():
+    """Hard links (copies where links are impossible) in ``dst`` of the files at ``src``'s manifest paths
+    (regular files reached through real folders). Nothing edgetl writes ever modifies a file in place, so
+    the link is safe. A file there that the user changed is linked too: it is the run's input as it is now
+    (a split.json or report.json edited by hand is read, never ignored); if the command replaces it, the
+    user's version is carried over beside it (``.yours``)."""
+    for rel in mf:
         s, t = src / rel, dst / rel
-        if not ours(src, rel, e):
+        if entry_stat(src, rel) is None:
             continue
         t.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -812,6 +815,12 @@ class Staged:
         run keeps them until the new one, holding them too, is in place), and the user's folders."""
         carried = []
         for rel in user_entries(self.out):
+            try:
+                a, b = os.lstat(self.out / rel), os.lstat(self.path / rel)
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    continue  # the staged run holds this very file already (an input left as it was)
+            except OSError:
+                pass
             dest = _free_name(self.path, rel)
             (self.path / dest).parent.mkdir(parents=True, exist_ok=True)
             try:
