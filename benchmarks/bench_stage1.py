@@ -51,14 +51,14 @@ def main():
             with contextlib.redirect_stderr(io.StringIO()):
                 model_a, sec, hist_a, _ = train.stage1(ds, cfg, run)
             cached.append(time.perf_counter() - t0)
-            acc_a = float((train.predict(model_a, ds.images, ds.rows("val")).argmax(1) == ds.labels("val")).mean())
+            acc_a = float((modeling.predict(model_a, ds.images, ds.rows("val")).argmax(1) == ds.labels("val")).mean())
 
             model_b, *_ = modeling.build(len(ds.classes), cfg)
             t0 = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):
                 hist_b = train.fit_full_graph_frozen(model_b, ds, cfg)
             classic.append(time.perf_counter() - t0)
-            acc_b = float((train.predict(model_b, ds.images, ds.rows("val")).argmax(1) == ds.labels("val")).mean())
+            acc_b = float((modeling.predict(model_b, ds.images, ds.rows("val")).argmax(1) == ds.labels("val")).mean())
 
     t_cached, t_classic = statistics.median(cached), statistics.median(classic)
     print(f"stage 1 on {args.data}: {n_tr} train / {n_va} val photos, {args.image_size} px, ImageNet MobileNetV2 "

@@ -460,8 +460,8 @@ class _OwnRows:
 def _decode(paths: list, images, size: int, policy: str, desc: str) -> dict:
     """Decode ``paths`` into ``images[i]``; returns {i: (reason or None, sha256 or None)}."""
     out = {}
-    with ui.Progress(len(paths), desc) as bar, ThreadPoolExecutor(data_mod._workers()) as pool:
-        for i, (px, digest, reason) in enumerate(pool.map(lambda p: data_mod._read_one(p, size, policy), paths,
+    with ui.Progress(len(paths), desc) as bar, ThreadPoolExecutor(data_mod.decode_workers()) as pool:
+        for i, (px, digest, reason) in enumerate(pool.map(lambda p: data_mod.read_one(p, size, policy), paths,
                                                          chunksize=8)):
             if reason is None:
                 images[i] = px
@@ -527,12 +527,12 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
     images = ShardedImages(ctx, np.load(final, mmap_mode="r"), owner, index, (len(owner), size, size, 3))
     ds = data_mod.Dataset(data_dir, classes, layout, size, cfg.resize, images, files, skipped, [], test_is_val,
                           hashes={rel: hashes[rel] for items in files.values() for rel, _, _ in items})
-    data_mod._warn_quality(ds, hashes)
+    data_mod.warn_quality(ds, hashes)
     if test_is_val:
         ds.notes.append("no test/ folder: the val split is also used as the test split")
         ui.warn(ds.notes[-1])
     if write_run:
-        data_mod._write_split(ds, run_dir, cfg)
+        data_mod.write_split(ds, run_dir, cfg)
         _write_shard_index(ds, run_dir, ctx)
     data_mod.print_counts(ds)
     return ds

@@ -155,9 +155,8 @@ def fine_tune_fit(model, ds, cfg):
 def _validation(model, ds, cfg, keras):
     """(accuracy, loss) on the validation split, from every worker's probabilities (gathered), the loss as
     Keras computes it."""
-    from . import train
 
-    probs = train.predict(model, ds.images, ds.rows("val"), cfg.batch_size)
+    probs = modeling.predict(model, ds.images, ds.rows("val"), cfg.batch_size)
     y = ds.labels("val")
     loss = float(np.mean(np.asarray(keras.losses.sparse_categorical_crossentropy(y, probs))))
     return float((probs.argmax(1) == y).mean()), loss

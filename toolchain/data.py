@@ -285,7 +285,7 @@ def _free_bytes(folder: Path):
         return None
 
 
-def _read_one(path: Path, size: int, policy: str):
+def read_one(path: Path, size: int, policy: str):
     try:
         data = preprocess.read_file(path)  # regular files only, never more than the size cap
     except ImageError as e:
@@ -299,7 +299,7 @@ def _read_one(path: Path, size: int, policy: str):
     return px, hashlib.sha256(data).hexdigest(), None
 
 
-def _workers() -> int:
+def decode_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -319,8 +319,8 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     ok_rows, hashes = {}, {}
     skipped = [{"path": os.path.relpath(s["path"], data_dir), "reason": s["reason"]} for s in not_read]
     row = 0
-    with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(_workers()) as pool:
-        results = pool.map(lambda f: _read_one(f[0], size, cfg.resize), all_files, chunksize=8)
+    with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(decode_workers()) as pool:
+        results = pool.map(lambda f: read_one(f[0], size, cfg.resize), all_files, chunksize=8)
         for (path, label, group), (px, digest, reason) in zip(all_files, results):
             rel = str(path.relative_to(data_dir))
             if reason is not None:
@@ -341,11 +341,11 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     runfolder.replace_file(tmp, cache_dir / "images.npy")
     ds = Dataset(data_dir, classes, layout, size, cfg.resize, None, files, skipped, [], test_is_val,
                  hashes={rel: hashes[rel] for items in files.values() for rel, _, _ in items})
-    _warn_quality(ds, hashes)
+    warn_quality(ds, hashes)
     if test_is_val:
         ds.notes.append("no test/ folder: the val split is also used as the test split")
         ui.warn(ds.notes[-1])
-    _write_split(ds, run_dir, cfg)
+    write_split(ds, run_dir, cfg)
     ds.images = np.load(cache_dir / "images.npy", mmap_mode="r")
     print_counts(ds)
     return ds
@@ -403,7 +403,7 @@ def organise(data_dir: Path, layout: str, classes: list, groups: dict, all_files
     return files, test_is_val
 
 
-def _warn_quality(ds: Dataset, hashes: dict):
+def warn_quality(ds: Dataset, hashes: dict):
     counts = ds.counts()["train"]
     lo, hi = min(counts.values()), max(counts.values())
     if lo and hi / lo >= IMBALANCE_RATIO:
@@ -432,7 +432,7 @@ def _warn_quality(ds: Dataset, hashes: dict):
             ui.info("  " + "  ==  ".join(f"{rel} ({s})" for s, rel in group))
 
 
-def _write_split(ds: Dataset, run_dir: Path, cfg):
+def write_split(ds: Dataset, run_dir: Path, cfg):
     doc = {
         "data_dir": str(ds.data_dir),
         "layout": ds.layout,
@@ -542,7 +542,7 @@ def _rebuild_cache(cache_dir: Path, doc: dict) -> tuple:
     changed = []
     with ui.Progress(len(items), "re-decoding photos") as bar:
         for r, rel in enumerate(items):
-            px, digest, reason = _read_one(data_dir / rel, size, policy)
+            px, digest, reason = read_one(data_dir / rel, size, policy)
             if reason is not None:
                 raise EdgetlError(f"{printable(data_dir / rel)}: {reason} (it was readable when the run was made)",
                                   hint="restore the data folder recorded in split.json, or start a new run")

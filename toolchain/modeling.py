@@ -301,3 +301,17 @@ def set_fine_tune(base, fine_tune_from: str) -> int:
     for i, layer in enumerate(layers):
         layer.trainable = i >= idx and not isinstance(layer, keras.layers.BatchNormalization)
     return idx
+
+
+def predict(model, images, rows, batch_size: int = 32):
+    """The model's probabilities for the cached photos ``rows`` (in that order), in batches."""
+    import numpy as np
+
+    if getattr(images, "distributed", False):  # photos sharded over workers: each predicts its own, gathered
+        return images.map_rows(lambda im, r: predict(model, im, r, batch_size), rows,
+                               (0, int(model.output.shape[-1])))
+    rows = np.asarray(rows, np.int64)
+    out = []
+    for s in range(0, len(rows), batch_size):
+        out.append(np.asarray(model.predict_on_batch(images[rows[s : s + batch_size]].astype(np.float32))))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -15,23 +15,13 @@ from __future__ import annotations
 
 import math
 import re
-import reprlib
 import shlex
 import unicodedata
 from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-_repr = reprlib.Repr()
-_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 40, 40, 4, 4, 2
-
-
-def shown(value) -> str:
-    """A short, printable picture of any value (deep or huge values are cut: ``[[[...]]]``, ``'aaa...'``)."""
-    try:
-        return _repr.repr(value)
-    except (RecursionError, ValueError):  # pragma: no cover - reprlib bounds depth and size already
-        return f"a {type(value).__name__}"
+from .ui import shown
 
 
 def _kind(value) -> str:

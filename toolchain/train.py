@@ -188,21 +188,10 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
 
 
 def _val_eval(model, ds, cfg):
-    probs = predict(model, ds.images, ds.rows("val"), cfg.batch_size)
+    probs = modeling.predict(model, ds.images, ds.rows("val"), cfg.batch_size)
     y = ds.labels("val")
     loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
     return float((probs.argmax(1) == y).mean()), loss
-
-
-def predict(model, images, rows, batch_size: int = 32) -> np.ndarray:
-    if getattr(images, "distributed", False):  # photos sharded over workers: each predicts its own, gathered
-        return images.map_rows(lambda im, r: predict(model, im, r, batch_size), rows,
-                               (0, int(model.output.shape[-1])))
-    rows = np.asarray(rows, np.int64)
-    out = []
-    for s in range(0, len(rows), batch_size):
-        out.append(np.asarray(model.predict_on_batch(images[rows[s : s + batch_size]].astype(np.float32))))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
@@ -318,7 +307,7 @@ def stage2(model, ds, cfg):
 
 
 def evaluate(model, ds, cfg) -> dict:
-    probs = predict(model, ds.images, ds.rows("test"), cfg.batch_size)
+    probs = modeling.predict(model, ds.images, ds.rows("test"), cfg.batch_size)
     out = metrics.classification(ds.labels("test"), probs, ds.classes)
     acc, loss = _val_eval(model, ds, cfg)
     out["val_accuracy"] = round(acc, 4)

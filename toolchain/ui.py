@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import shutil
 import sys
 import time
@@ -155,3 +156,15 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 40, 40, 4, 4, 2
+
+
+def shown(value) -> str:
+    """A short, printable picture of any value (deep or huge values are cut: ``[[[...]]]``, ``'aaa...'``)."""
+    try:
+        return _REPR.repr(value)
+    except (RecursionError, ValueError):  # pragma: no cover - reprlib bounds depth and size already
+        return f"a {type(value).__name__}"
