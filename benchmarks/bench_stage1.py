@@ -36,7 +36,10 @@ def main():
     need_shared()
     os.environ.update(imagenet_env())
 
-    from toolchain import config, data, modeling, train
+    from toolchain.cfg import config
+    from toolchain.core import data
+    from toolchain.core import modeling
+    from toolchain.core import train
 
     cfg = config.resolve(None, image_size=args.image_size, epochs=args.epochs, patience=0, weights="imagenet")
     cached, classic = [], []

@@ -56,7 +56,9 @@ def _calibration(n=16, size=96):
 
 def make_all(out: Path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from toolchain import config, convert, modeling
+    from toolchain.cfg import config
+    from toolchain.core import convert
+    from toolchain.core import modeling
 
     keras = modeling.import_keras()[1]
     out = Path(out)

@@ -5,12 +5,10 @@ cycle as surely as a module-level one, only later).
 - edge_runtime has no import cycle;
 - edge_runtime never imports toolchain, nor TensorFlow except where TensorFlow *is* the interpreter
   backend the user asked for (ALLOWED_TENSORFLOW);
-- no module imports another module's private name (``from x import _y``, or ``x._y`` on an imported module).
-
-The same rules for toolchain are written out below as strict xfails: toolchain still has cycles
-(train <-> ctl, pipeline <-> dist_pipeline) and private imports (collective uses data._read_one, cli uses
-pipeline._precheck_new, ...), being removed in issue 13. When they are gone the xfails XPASS, which fails
-the run: then delete the two ``xfail`` markers and the rules hold for both packages.
+- no module imports another module's private name (``from x import _y``, or ``x._y`` on an imported module);
+- toolchain has no import cycle either, and its packages depend on each other in one direction only
+  (LAYERS): the command line on the commands, the commands on the cluster, the core, the run folder and
+  the configuration, never the other way; ``ui`` (messages) is everyone's and imports nothing of toolchain.
 """
 
 from __future__ import annotations
@@ -189,11 +187,40 @@ def test_edge_runtime_imports_no_private_name_of_another_module():
     assert private_uses("edge_runtime") == []
 
 
-@pytest.mark.xfail(strict=True, reason="toolchain still has import cycles (issue 13); delete this marker when fixed")
 def test_toolchain_has_no_import_cycle():
     assert cycles(graph("toolchain")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="toolchain still imports private names (issue 13); delete this marker when fixed")
 def test_toolchain_imports_no_private_name_of_another_module():
     assert private_uses("toolchain") == []
+
+
+# What each part of toolchain may import (besides edge_runtime and itself). Read top-down: a part imports
+# only parts below it.
+LAYERS = {
+    "toolchain.cli": {"commands", "cluster", "core", "rundir", "cfg", "ui"},
+    "toolchain.commands": {"cluster", "core", "rundir", "cfg", "ui"},
+    "toolchain.cluster": {"core", "rundir", "cfg", "ui"},
+    "toolchain.core": {"rundir", "cfg", "ui"},
+    "toolchain.rundir": {"cfg", "ui"},
+    "toolchain.cfg": {"ui"},
+    "toolchain.ui": set(),
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_toolchain_parts_depend_in_one_direction():
+    bad = []
+    for m in MODULES:
+        if not m.startswith("toolchain.") or _part(m) == "":
+            continue
+        allowed = LAYERS[f"toolchain.{_part(m)}"] | {_part(m)}
+        for imp in imports_of(m):
+            if (imp.target or "").startswith("toolchain.") and _part(imp.target) not in allowed:
+                bad.append(imp)
+    assert bad == []
+    assert set(LAYERS) == {f"toolchain.{_part(m)}" for m in MODULES if m.startswith("toolchain.")}

@@ -111,7 +111,7 @@ def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
 
 def test_tflite_predictions_match_parity_figures(tiny_run, tmp_path):
     """The runtime, fed the cached test photos, reproduces the accuracy the build reported."""
-    from toolchain import data
+    from toolchain.core import data
 
     run, _ = tiny_run
     rep = json.loads((run / "report.json").read_text())
@@ -217,7 +217,8 @@ def test_parity_cli_pass_and_json(tiny_run, tiny_data):
 
 def test_parity_gate_fails_on_a_broken_model(tiny_run, tmp_path):
     """A deliberately broken TFLite model (its output layer's classes rotated) must fail the gate: exit 1."""
-    from toolchain import convert, modeling
+    from toolchain.core import convert
+    from toolchain.core import modeling
 
     run, _ = tiny_run
     model = modeling.load(run / "model.keras")
@@ -237,7 +238,8 @@ def test_parity_gate_fails_on_a_broken_model(tiny_run, tmp_path):
 
 def test_full_integer_check_catches_hybrids(tiny_run, tmp_path):
     from edge_runtime.errors import EdgetlError
-    from toolchain import convert, modeling
+    from toolchain.core import convert
+    from toolchain.core import modeling
 
     run, _ = tiny_run
     # a dynamic-range model is a hybrid: int8 weights, float activations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_runtime.errors import EdgetlError
-from toolchain import config
+from toolchain.cfg import config
 
 
 def test_defaults():

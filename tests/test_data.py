@@ -12,7 +12,8 @@ from PIL import Image
 
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError
-from toolchain import config, data
+from toolchain.cfg import config
+from toolchain.core import data
 
 
 def cfg(**kw):

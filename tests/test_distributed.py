@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY_FLAGS, requires_tf, run_cli, run_python
 
 # --dropout 0: dropout draws its masks per replica, so only without it is the random stream the same as in
-# one process (see toolchain/ctl.py); the gates are relaxed as for every tiny random-base model (conftest).
+# one process (see toolchain/core/ctl.py); the gates are relaxed as for every tiny random-base model (conftest).
 DIST_BASE = TINY_FLAGS + ["--dropout", "0", "--min-agreement", "0.85", "--max-drop", "15"]
 DIST_FLAGS = DIST_BASE + ["--quantize", "int8"]  # the cluster's conversion and parity: int8, the hard case
 ONE_FLAGS = DIST_BASE + ["--quantize", "float32"]  # references for the weights: the quick conversion
@@ -207,7 +207,7 @@ def test_cluster_usage_errors_exit_2_without_tensorflow(tmp_path, dataset, args,
 
 
 def test_tf_config_parsing():
-    from toolchain import distributed
+    from toolchain.cluster import distributed
 
     one = json.dumps({"cluster": {"chief": ["127.0.0.1:2222"]}, "task": {"type": "chief", "index": 0}})
     assert distributed.parse_tf_config(one) is None  # a one-replica job: the one-process path

@@ -367,7 +367,8 @@ def test_nan_model_fails_parity_and_quantize_exits_1(good_run, tmp_path, tiny_da
 
 
 def test_identical_photo_in_two_classes_is_a_warning(tmp_path):
-    from toolchain import config, data
+    from toolchain.cfg import config
+    from toolchain.core import data
 
     d = write_dataset(tmp_path / "photos", per_class=6)
     shutil.copy(d / "red" / "red_00.jpg", d / "blue" / "copy_of_red.jpg")

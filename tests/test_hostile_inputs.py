@@ -2,7 +2,7 @@
 traceback and message items), each case a real `edgetl` process on real files.
 
 - Every number a flag or a TOML key takes goes through one range table (config.RANGES); every JSON file
-  of a run (split.json, report.json) through one shape check (toolchain/schema.py). Both are exercised
+  of a run (split.json, report.json) through one shape check (toolchain/rundir/schema.py). Both are exercised
   here by hand-made cases and by hypothesis, in processes where TensorFlow cannot be imported: a bad
   value is exit 2 with one `error:` and one `hint:` line naming the option or the field, no traceback.
 - Data folders whose layout has no single meaning (``Train/`` beside ``train/``, ``café`` twice, a name
@@ -315,7 +315,8 @@ def test_photos_replaced_after_the_build_are_named(run_copy, inputs_run, tmp_pat
 
 
 def test_old_split_without_hashes_still_loads_and_unchanged_photos_say_nothing(tmp_path, capfd):
-    from toolchain import config, data
+    from toolchain.cfg import config
+    from toolchain.core import data
 
     photos = write_dataset(tmp_path / "photos", per_class=6)
     run = tmp_path / "run"
@@ -438,7 +439,7 @@ def _bad_number(lo, hi, integer):
 
 
 def _fuzz_cases():
-    from toolchain.config import RANGES
+    from toolchain.cfg.config import RANGES
 
     flags = {"head_units": "build", "epochs": "build", "fine_tune_epochs": "build", "batch_size": "build",
              "calibration_size": "build", "seed": "build", "dropout": "build", "learning_rate": "build",
@@ -474,14 +475,14 @@ def _valid_split(s):
 
 
 def _valid_layer(s):
-    from toolchain.config import LAYER_INDEX, LAYER_NAME
+    from toolchain.cfg.config import LAYER_INDEX, LAYER_NAME
 
     return bool(LAYER_INDEX.fullmatch(s.strip()) or LAYER_NAME.fullmatch(s.strip()))
 
 
 def _valid_devices(s):
     from edge_runtime.errors import EdgetlError
-    from toolchain.collective import parse_devices
+    from toolchain.cluster.collective import parse_devices
 
     try:
         parse_devices(s)

@@ -42,7 +42,7 @@ def user_files(run: Path) -> dict:
 
 def next_command(run: Path):
     """What the next command does first: take the lock, finish or roll back what a killed one left."""
-    from toolchain import runfolder
+    from toolchain.rundir import runfolder
 
     with runfolder.RunLock(run):
         runfolder.check_existing(run)
@@ -50,7 +50,7 @@ def next_command(run: Path):
 
 def complete_run(run: Path) -> bool:
     """Every file of the run's manifest is there with the content recorded."""
-    from toolchain import runfolder
+    from toolchain.rundir import runfolder
 
     mf = runfolder.manifest(run)
     return bool(mf) and all(runfolder.matches(run, rel, e) for rel, e in mf.items())
@@ -187,7 +187,9 @@ def test_quantize_logs_never_grow_the_previous_run(good_run):
 
 def _data_run(tmp_path) -> tuple:
     """A run folder as `edgetl train` leaves it before training (no TensorFlow needed)."""
-    from toolchain import config, data, runfolder
+    from toolchain.cfg import config
+    from toolchain.core import data
+    from toolchain.rundir import runfolder
 
     photos = write_dataset(tmp_path / "photos", per_class=4)
     run = tmp_path / "run"

@@ -40,7 +40,7 @@ def _checkout_before(dest: Path) -> Path:
 
 
 def _weights(path: Path) -> list:
-    from toolchain import modeling
+    from toolchain.core import modeling
 
     return [np.asarray(w) for w in modeling.load(path).get_weights()]
 

@@ -311,7 +311,7 @@ def test_data_scan_lists_strays_with_the_skipped_files(tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("toolchain.data")
+    pytest.importorskip("toolchain.core.data")
     from conftest import write_dataset
 
     photos = write_dataset(tmp_path / "photos", per_class=6)

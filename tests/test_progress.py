@@ -86,7 +86,7 @@ def test_terminal_bar_redraws_in_place_with_eta():
 HEARTBEAT_CODE = r"""
 import os, sys, time
 from pathlib import Path
-from toolchain.quiet import silenced
+from toolchain.core.quiet import silenced
 log = Path(sys.argv[1])
 with silenced(log, heartbeat="converting int8"):
     os.write(1, b"C++ chatter on fd 1\n")

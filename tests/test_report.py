@@ -47,7 +47,7 @@ def _border_is_blank(png, width=3):
 
 def test_tradeoff_labels_stay_inside_their_axes_and_clear_of_the_legend():
     _matplotlib()
-    from toolchain import report
+    from toolchain.core import report
 
     fig = report.tradeoff_figure(_tradeoff_rep())
     fig.canvas.draw()
@@ -68,7 +68,7 @@ def test_tradeoff_labels_stay_inside_their_axes_and_clear_of_the_legend():
 
 def test_plots_with_long_class_names_are_not_clipped(tmp_path):
     _matplotlib()
-    from toolchain import report
+    from toolchain.core import report
 
     classes = [f"a_really_long_class_name_number_{i}_with_a_suffix" for i in range(5)]
     cm = np.arange(25).reshape(5, 5) % 7
@@ -99,7 +99,7 @@ def _texts(fig):
 
 def test_curves_mark_the_kept_epoch_early_stopping_and_a_discarded_stage_2():
     _matplotlib()
-    from toolchain import report
+    from toolchain.core import report
 
     text = _texts(report.curves_figure(_curves_rep(stopped=True, discarded=True)))
     assert "kept weights (epoch 3)" in text and "early stopping" in text
@@ -113,7 +113,7 @@ def test_curves_mark_the_kept_epoch_early_stopping_and_a_discarded_stage_2():
 
 
 def test_kept_epoch_of_an_older_report_comes_from_the_config():
-    from toolchain import report
+    from toolchain.core import report
 
     rep = _curves_rep(stopped=True, discarded=True)
     for sec in rep["stages"].values():
@@ -209,7 +209,9 @@ def test_time_stays_true_and_clean_then_quantize_still_works(tiny_run, tmp_path)
 def made_run(tmp_path):
     """A run folder as `edgetl train` leaves it before training: split.json, cache/, report.json (no
     TensorFlow needed), plus a stage1.keras and a converter log."""
-    from toolchain import config, data, runfolder
+    from toolchain.cfg import config
+    from toolchain.core import data
+    from toolchain.rundir import runfolder
 
     photos = write_dataset(tmp_path / "photos", per_class=4)
     run = tmp_path / "run"
@@ -223,7 +225,7 @@ def made_run(tmp_path):
 
 
 def test_clean_refuses_a_folder_that_is_not_a_run(tmp_path, made_run):
-    from toolchain import runfolder
+    from toolchain.rundir import runfolder
 
     run, photos = made_run
     before = sorted(p for p in photos.rglob("*"))

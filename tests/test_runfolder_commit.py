@@ -103,7 +103,7 @@ def everything_under(root: Path) -> dict:
 
 def recover(run: Path):
     """What the next command does first: take the lock, then finish or roll back a killed commit."""
-    from toolchain import runfolder
+    from toolchain.rundir import runfolder
 
     with runfolder.RunLock(run):
         runfolder.check_existing(run)
@@ -174,7 +174,7 @@ def test_lock_file_planted_as_a_link_is_refused_and_the_target_untouched(tmp_pat
 def test_a_run_reached_through_a_symlink_is_the_same_run(tmp_path):
     from conftest import run_cli
 
-    from toolchain import runfolder
+    from toolchain.rundir import runfolder
 
     run = make_old_run(tmp_path)
     link = tmp_path / "runs" / "alias"

@@ -445,7 +445,8 @@ def test_a_model_with_a_dynamic_input_size_says_so(tmp_path, cache, photo):
     not "try another --backend", but what it is; the same for a patched edgetl model (which would otherwise
     run on a 1 x 1 picture)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from toolchain import convert, modeling
+    from toolchain.core import convert
+    from toolchain.core import modeling
 
     keras = modeling.import_keras()[1]
     m = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),

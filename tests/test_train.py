@@ -13,7 +13,8 @@ pytestmark = requires_tf
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from toolchain import config, data
+    from toolchain.cfg import config
+    from toolchain.core import data
 
     root = tmp_path_factory.mktemp("train")
     photos = write_dataset(root / "photos", per_class=12)
@@ -26,7 +27,8 @@ def small(tmp_path_factory):
 def test_cached_feature_head_equals_full_graph_head(small):
     """Stage 1 trains the head on cached features; fitting the full graph with the base frozen on the
     photos must give the same head (same init, same batches, same dropout draws)."""
-    from toolchain import modeling, train
+    from toolchain.core import modeling
+    from toolchain.core import train
 
     run, ds, cfg = small
     model_a, section, hist_a, _ = train.stage1(ds, cfg, run)
@@ -51,7 +53,9 @@ def test_cached_feature_head_equals_full_graph_head(small):
 
 
 def test_fine_tune_keeps_batchnorm_statistics(small):
-    from toolchain import config, modeling, train
+    from toolchain.cfg import config
+    from toolchain.core import modeling
+    from toolchain.core import train
 
     run, ds, cfg = small
     model, *_ = train.stage1(ds, cfg, run)
@@ -74,7 +78,9 @@ def test_fine_tune_keeps_batchnorm_statistics(small):
 
 
 def test_stage2_kept_only_if_validation_improves(small):
-    from toolchain import config, modeling, train
+    from toolchain.cfg import config
+    from toolchain.core import modeling
+    from toolchain.core import train
 
     run, ds, cfg = small
     model, *_ = train.stage1(ds, cfg, run)
@@ -90,7 +96,8 @@ def test_stage2_kept_only_if_validation_improves(small):
 
 def test_same_seed_same_model(small):
     """--seed makes runs repeatable: the same data and seed give the same weights, another seed does not."""
-    from toolchain import config, train
+    from toolchain.cfg import config
+    from toolchain.core import train
 
     run, ds, cfg = small
     a = train.stage1(ds, cfg, run)[0].get_weights()
@@ -101,7 +108,8 @@ def test_same_seed_same_model(small):
 
 
 def test_augment_caches_views(small):
-    from toolchain import config, train
+    from toolchain.cfg import config
+    from toolchain.core import train
 
     run, ds, cfg = small
     cfg2 = config.resolve(None, base=cfg.as_dict(), augment=True, augment_views=2, epochs=1)
@@ -110,7 +118,8 @@ def test_augment_caches_views(small):
 
 
 def test_fine_tune_from_name_and_bad_values(small):
-    from toolchain import modeling, train
+    from toolchain.core import modeling
+    from toolchain.core import train
 
     run, ds, cfg = small
     model, *_ = train.stage1(ds, cfg, run)
@@ -126,7 +135,8 @@ def test_fine_tune_from_name_and_bad_values(small):
 
 
 def test_weights_path_and_bad_weights(tmp_path):
-    from toolchain import config, modeling
+    from toolchain.cfg import config
+    from toolchain.core import modeling
 
     cfg = config.resolve(None, alpha=0.35, image_size=96, weights=str(tmp_path / "missing.h5"))
     with pytest.raises(EdgetlError, match="weights file not found"):
@@ -141,7 +151,8 @@ def test_imagenet_download_failure_is_explained(tmp_path, monkeypatch):
     """Offline (or with an empty cache and no network), the ImageNet path must say what to do."""
     import socket
 
-    from toolchain import config, modeling
+    from toolchain.cfg import config
+    from toolchain.core import modeling
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
 
@@ -157,7 +168,8 @@ def test_imagenet_download_failure_is_explained(tmp_path, monkeypatch):
 
 
 def test_imagenet_weights_from_local_file(imagenet_weights):
-    from toolchain import config, modeling
+    from toolchain.cfg import config
+    from toolchain.core import modeling
 
     cfg = config.resolve(None, alpha=1.0, image_size=96, weights=str(imagenet_weights))
     base, info = modeling.make_base(cfg)

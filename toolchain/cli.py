@@ -122,9 +122,9 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     process should print the run folder (the chief, or a plain run)."""
     import os
 
-    from . import distributed
-    from .collective import parse_devices
-    from .config import check_number
+    from toolchain.cluster import distributed
+    from toolchain.cluster.collective import parse_devices
+    from toolchain.cfg.config import check_number
 
     settings = distributed.child_settings()
     if settings is not None:  # a worker started by the supervisor below
@@ -132,7 +132,7 @@ def _distributed(call, lock_target, cluster, task_index, local_workers, devices,
     check_number("worker_timeout", worker_timeout, "--worker-timeout")
     parse_devices(devices)  # a typo fails now, not after TensorFlow has loaded
     if settings is not None:  # TF_CONFIG says which worker this is
-        from . import collective
+        from toolchain.cluster import collective
 
         cl = distributed.parse_tf_config(os.environ.get("TF_CONFIG", ""))
         ctx = collective.Context(cl, devices, settings.get("timeout", distributed.DEFAULT_TIMEOUT), settings)
@@ -192,8 +192,8 @@ def build(
     worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Everything: validate and split the photos, train (2 stages), convert to TFLite, check parity, report."""
-    from . import config as config_mod
-    from . import pipeline
+    from toolchain.cfg import config as config_mod
+    from toolchain.commands import pipeline
 
     flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment,
@@ -233,8 +233,8 @@ def train(
     worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Stage 1: split the photos and train the head on cached features of the frozen base."""
-    from . import config as config_mod
-    from . import pipeline
+    from toolchain.cfg import config as config_mod
+    from toolchain.commands import pipeline
 
     flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment,
@@ -263,7 +263,7 @@ def finetune(
     worker_timeout: Optional[float] = WorkerTimeout,
 ):
     """Stage 2: unfreeze the top of the base and train with a small learning rate (BatchNorm frozen)."""
-    from . import pipeline
+    from toolchain.commands import pipeline
 
     flags = dict(fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                  batch_size=batch_size, augment=augment)
@@ -295,7 +295,7 @@ def quantize(
 ):
     """Convert to TFLite (full-integer int8 and float32 by default), check it, embed metadata, measure parity.
     Exit 1 when a parity gate fails (the models are kept)."""
-    from . import quantize_cmd
+    from toolchain.commands import quantize as quantize_cmd
 
     results = quantize_cmd.run(source, modes=list(quantize or []) + list(mode or []) or None, calibration=calibration,
                                calibration_size=calibration_size, io=io, out=out, labels=labels,
@@ -331,8 +331,8 @@ def parity(
     threads: Optional[int] = Threads,
 ):
     """Compare a TFLite model with its Keras model on the same photos; exit 1 when a gate fails."""
-    from . import config as config_mod
-    from . import parity_cmd
+    from toolchain.cfg import config as config_mod
+    from toolchain.commands import parity as parity_cmd
 
     config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
     _check_numbers(threads=threads)
@@ -340,7 +340,7 @@ def parity(
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
                             labels=labels, input_range=input_range, resize=resize, threads=threads)
     if as_json:
-        from .runfolder import finite
+        from toolchain.rundir.runfolder import finite
 
         typer.echo(json.dumps(finite(result), allow_nan=False))
     else:
@@ -359,8 +359,8 @@ def clean(
     force: bool = typer.Option(False, "--force", help="Delete the cache even when the data folder it was decoded from is gone."),
 ):
     """Delete a run's regenerable bulk (cache/, stage1.keras, logs/) and print what was freed; results stay."""
-    from . import clean as clean_mod
-    from . import runfolder
+    from toolchain.commands import clean as clean_mod
+    from toolchain.rundir import runfolder
 
     if dry_run:
         clean_mod.clean(run, force=force, dry_run=True)
@@ -376,7 +376,7 @@ def clean(
 def _check_numbers(**values):
     """Numeric flags, checked before anything is opened (so an error names the flag, not the model),
     through the one range table every number edgetl takes goes through (config.RANGES)."""
-    from .config import check_number
+    from toolchain.cfg.config import check_number
 
     for name, v in values.items():
         check_number(name, v, "--" + name.replace("_", "-"))
@@ -430,7 +430,7 @@ def predict(
     socket: listed as "skipped"); 2 when nothing was classified, or when a photo could not be (image
     content or an image name that does not decode, an unreadable file or folder: listed as "failed").
     """
-    from . import runtime_cmds
+    from toolchain.commands import runtime as runtime_cmds
 
     if as_json and as_csv:
         raise EdgetlError("--json and --csv are exclusive", hint="pick one output format")
@@ -460,7 +460,7 @@ def camera(
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
 
-    from . import runtime_cmds
+    from toolchain.commands import runtime as runtime_cmds
 
     _check_numbers(smooth=smooth, max_frames=max_frames, top_k=top_k, threads=threads)
     clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
@@ -492,7 +492,7 @@ def bench(
     """Latency (p50/p90/p99), FPS, size, peak memory and backend, per thread count. Given a run folder:
     every model of the run that passed its parity gate, measured in one interleaved loop at each thread
     count, ranked, and the fastest remembered as this device's choice (predict and camera use it)."""
-    from . import runtime_cmds
+    from toolchain.commands import runtime as runtime_cmds
 
     _check_numbers(runs=runs, warmup=warmup)
     for t in (threads or "").split(","):
@@ -512,7 +512,7 @@ def info(
     backend: Optional[str] = Backend,
 ):
     """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model."""
-    from . import runtime_cmds
+    from toolchain.commands import runtime as runtime_cmds
 
     with runtime_cmds.pipe_closed_is_the_end():
         runtime_cmds.info(model, as_json, backend)
@@ -591,7 +591,7 @@ def main(argv=None):
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             sys.exit(0)
-        from .schema import user_path
+        from toolchain.rundir.schema import user_path
 
         name = errno.errorcode.get(e.errno or 0, "")
         where = user_path(e.filename) if e.filename is not None else ""  # the run, not its staged copy

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from . import runfolder, schema, ui
-from .report import mb
+from toolchain.rundir import runfolder
+from toolchain.rundir import schema
+from toolchain import ui
+from toolchain.core.report import mb
 
 STAGE1 = "stage1.keras"
 # What clean may delete: manifest entries (content unchanged since edgetl wrote it) under these.

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from . import ui
-from .config import check_number
+from toolchain import ui
+from toolchain.cfg.config import check_number
 
 CHILD_ENV = "EDGETL_DIST_CHILD"
 DEFAULT_TIMEOUT = 600.0
@@ -99,7 +99,7 @@ def from_flags(cluster: str, task_index) -> Cluster:
 
 def parse_tf_config(text: str):
     """The Cluster of a TF_CONFIG value, or None for a cluster of one task (a plain one-process run)."""
-    from . import schema
+    from toolchain.rundir import schema
 
     hint = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["h1:2222", "h2:2222"]}, '
             '"task": {"type": "worker", "index": 0}}\'')
@@ -127,7 +127,7 @@ def parse_tf_config(text: str):
 
 
 def _tf_config_shape():
-    from . import schema
+    from toolchain.rundir import schema
 
     addresses = schema.list_of(schema.text(nonempty=True), what="a list of HOST:PORT addresses")
     return schema.obj({"cluster": schema.dict_of(addresses),
@@ -282,7 +282,7 @@ class _Child:
 def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFAULT_TIMEOUT, devices=None) -> int:
     """Run ``edgetl ARGV`` as this machine's TensorFlow process(es) and supervise them. Returns the exit code
     (the chief's, or 2 with an error line when the cluster failed)."""
-    from . import runfolder
+    from toolchain.rundir import runfolder
 
     local = isinstance(the_plan, LocalPlan)
     isolated = False

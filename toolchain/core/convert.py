@@ -27,8 +27,12 @@ from edge_runtime import model as model_mod
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import EdgetlError
 
-from . import metrics, modeling, parity, runfolder, ui
-from .quiet import silenced
+from toolchain.core import metrics
+from toolchain.core import modeling
+from toolchain.core import parity
+from toolchain.rundir import runfolder
+from toolchain import ui
+from toolchain.core.quiet import silenced
 
 
 def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
@@ -379,7 +383,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     """Convert a run's model.keras to each mode, with parity on the run's photos. The models go into the
     run (and report.json is updated), or into ``dest`` (with labels.txt; the run is only read).
     ``calibration``, ``evalset`` (with ``p_keras``): made beforehand (by every worker of a distributed run)."""
-    from . import data as data_mod
+    from toolchain.core import data as data_mod
 
     run = Path(run)
     target = Path(dest) if dest is not None else run

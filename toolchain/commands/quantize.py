@@ -17,8 +17,10 @@ import numpy as np
 
 from edge_runtime.errors import EdgetlError
 
-from . import config as config_mod
-from . import runfolder, schema, ui
+from toolchain.cfg import config as config_mod
+from toolchain.rundir import runfolder
+from toolchain.rundir import schema
+from toolchain import ui
 
 
 def _run_of(source: Path):
@@ -51,7 +53,9 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
 
 
 def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict:
-    from . import convert, modeling, report
+    from toolchain.core import convert
+    from toolchain.core import modeling
+    from toolchain.core import report
 
     with runfolder.RunLock(run_dir):
         runfolder.check_existing(run_dir)
@@ -88,7 +92,9 @@ def _quantize_run(run_dir: Path, flags, calibration, out, resize, force) -> dict
 
 
 def _quantize_model(path: Path, flags, calibration, out, labels, input_range, resize, force) -> dict:
-    from . import convert, modeling, parity
+    from toolchain.core import convert
+    from toolchain.core import modeling
+    from toolchain.core import parity
 
     cfg = config_mod.resolve(None, **flags)
     info = modeling.read_info(path)

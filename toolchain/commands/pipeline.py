@@ -25,9 +25,14 @@ from pathlib import Path
 from edge_runtime import __version__
 from edge_runtime.errors import EdgetlError, GateFailed
 
-from . import config as config_mod
-from . import data as data_mod
-from . import modeling, report, runfolder, schema, train, ui
+from toolchain.cfg import config as config_mod
+from toolchain.core import data as data_mod
+from toolchain.core import modeling
+from toolchain.core import report
+from toolchain.rundir import runfolder
+from toolchain.rundir import schema
+from toolchain.core import train
+from toolchain import ui
 
 
 def now() -> str:
@@ -85,7 +90,7 @@ def _begin(dist, devices, checks):
     """``checks()`` (the cheap ones, with the lock held), then TensorFlow and the context. One process:
     the checks run before TensorFlow is imported. Several workers: the cluster starts first and the chief's
     verdict (or its error) is every worker's. Returns (context, what ``checks`` returned)."""
-    from . import collective
+    from toolchain.cluster import collective
 
     if dist is None:
         decided = checks()
@@ -249,7 +254,9 @@ def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=Non
     replaces an old one (--force) when it ends, also when a parity gate failed (every artifact kept). The
     cache of decoded photos is deleted at the end unless ``keep_cache`` or a gate failed (a later
     `quantize` would need it); later commands rebuild it when needed."""
-    from . import clean, convert, parity
+    from toolchain.commands import clean
+    from toolchain.core import convert
+    from toolchain.core import parity
 
     out = Path(out)
     precheck_new(data_dir, out, cfg)

@@ -25,8 +25,9 @@ import time
 
 import numpy as np
 
-from . import data as data_mod
-from . import modeling, ui
+from toolchain.core import data as data_mod
+from toolchain.core import modeling
+from toolchain import ui
 
 
 def batch_order(n: int, cfg, epochs: int):

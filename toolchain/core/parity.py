@@ -15,8 +15,12 @@ import numpy as np
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError
 
-from . import data as data_mod
-from . import metrics, modeling, runfolder, schema, ui
+from toolchain.core import data as data_mod
+from toolchain.core import metrics
+from toolchain.core import modeling
+from toolchain.rundir import runfolder
+from toolchain.rundir import schema
+from toolchain import ui
 
 
 def keras_probabilities(model, tensors, value_range=(0.0, 255.0), batch_size: int = 32, desc: str | None = None):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from .config import LAYER_INDEX, check_layer_spec
-from .runfolder import sha256_file
+from toolchain.cfg.config import LAYER_INDEX, check_layer_spec
+from toolchain.rundir.runfolder import sha256_file
 
 TRAIN_HINT = 'pip install "edgetl[train]"   (from a clone: pip install ".[train]")'
 BASE_NAME = "mobilenetv2_base"
@@ -29,7 +29,7 @@ def import_keras():
 
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"], sys.modules["keras"]
-    from .quiet import silenced
+    from toolchain.core.quiet import silenced
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:

@@ -18,8 +18,11 @@ import numpy as np
 
 from edge_runtime.errors import EdgetlError
 
-from . import data as data_mod
-from . import metrics, modeling, runfolder, ui
+from toolchain.core import data as data_mod
+from toolchain.core import metrics
+from toolchain.core import modeling
+from toolchain.rundir import runfolder
+from toolchain import ui
 
 
 def _progress(stage: str, total: int, val_steps: int):
@@ -228,7 +231,7 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None):
     cached photos with early stopping. Returns (first trainable layer index, history); ``outcome`` (a
     dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
     if getattr(ds.images, "distributed", False):  # several workers or devices: a custom loop (ctl.py)
-        from . import ctl
+        from toolchain.core import ctl
 
         return ctl.fine_tune_fit(model, ds, cfg)  # (kept_epoch: not recorded)
     _, keras = modeling.import_keras()

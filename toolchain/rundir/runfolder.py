@@ -715,7 +715,7 @@ def dissolve(folder: Path, run: Path) -> list:
     try:
         folder.rmdir()
     except OSError:
-        from . import ui
+        from toolchain import ui
 
         ui.warn(f"kept {folder}: it holds files edgetl could not put back into {run} (nothing was deleted)")
     return moved
@@ -734,7 +734,7 @@ def recover(out):
     for p in olds + _siblings(out, NEW):
         moved += dissolve(p, out)
     if moved:
-        from . import ui
+        from toolchain import ui
 
         ui.info(f"an interrupted command was completed in {out}; {len(moved)} file(s) of yours put back: "
                 f"{', '.join(moved[:5])}{' ...' if len(moved) > 5 else ''}")
@@ -840,7 +840,7 @@ class Staged:
     def commit(self, status: str = "complete"):
         """Put the staged run in place of the old one (if any); the user's files of the old folder are in
         the new run afterwards, at the same paths (``.yours`` added where the new run uses the name)."""
-        from . import ui
+        from toolchain import ui
 
         files = compute_manifest(self.path, self.previous)
         write_marker(self.path, status, files, scratch=False)

@@ -29,8 +29,10 @@ import numpy as np
 
 from edge_runtime.errors import EdgetlError
 
-from . import data as data_mod
-from . import modeling, runfolder, ui
+from toolchain.core import data as data_mod
+from toolchain.core import modeling
+from toolchain.rundir import runfolder
+from toolchain import ui
 
 CHUNK_BYTES = 32 << 20  # one collective moves at most this much per worker
 
@@ -553,7 +555,7 @@ def _write_shard_index(ds, run_dir: Path, ctx: Context):
 def load_dataset(doc: dict, run_dir: Path, ctx: Context):
     """data.load on N workers, from the chief's split.json ``doc`` (checked whole by schema.read_split):
     each worker decodes its rows again; photos whose content changed since the run was made are named."""
-    from . import schema
+    from toolchain.rundir import schema
 
     schema.check(doc, schema.split_shape(doc), "split.json", schema.rebuild_hint("RUN", doc.get("data_dir")))
     data_dir = Path(doc["data_dir"])

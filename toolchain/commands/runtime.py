@@ -12,7 +12,7 @@ from pathlib import Path
 from edge_runtime import nativelog, preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
-from . import ui
+from toolchain import ui
 
 
 IMAGE_FORMATS = "JPEG, PNG, GIF, BMP, WebP or TIFF"

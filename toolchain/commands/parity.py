@@ -8,8 +8,10 @@ import numpy as np
 
 from edge_runtime.errors import EdgetlError
 
-from . import data as data_mod
-from . import modeling, parity, ui
+from toolchain.core import data as data_mod
+from toolchain.core import modeling
+from toolchain.core import parity
+from toolchain import ui
 
 
 def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, labels=None, input_range=None,

@@ -17,7 +17,7 @@ from pathlib import Path
 from edge_runtime.errors import EdgetlError
 from edge_runtime.preprocess import DEFAULT_RESIZE, RESIZE_POLICIES
 
-from .ui import shown
+from toolchain.ui import shown
 
 IMAGE_SIZES = (96, 128, 160, 192, 224)
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgetlError
 
-from .ui import shown
+from toolchain.ui import shown
 
 
 def _kind(value) -> str:
@@ -274,7 +274,7 @@ def split_shape(doc):
     """The shape of split.json (labels must index ``classes``, so the shape depends on the document)."""
     from edge_runtime.preprocess import RESIZE_POLICIES
 
-    from .config import IMAGE_SIZES
+    from toolchain.cfg.config import IMAGE_SIZES
 
     n = len(doc["classes"]) if isinstance(doc, dict) and isinstance(doc.get("classes"), list) else 0
     entry = pair(_relpath, integer(0, max(n - 1, 0)))
@@ -313,7 +313,7 @@ def split_shape(doc):
 
 
 def _config_shape(v, path):
-    from . import config
+    from toolchain.cfg import config
 
     if not isinstance(v, dict):
         _bad(path, "an object", v)
@@ -324,7 +324,7 @@ def _config_shape(v, path):
 
 
 def report_shape():
-    from .config import MODES
+    from toolchain.cfg.config import MODES
 
     num, cnt, txt = nullable(number()), integer(0), text()
     section = obj({"epochs": cnt, "seconds": num, "kept_epoch": nullable(integer(0)),

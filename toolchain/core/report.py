@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import runfolder, ui
-from .data import printable
+from toolchain.rundir import runfolder
+from toolchain import ui
+from toolchain.core.data import printable
 
 
 def mb(nbytes) -> str:

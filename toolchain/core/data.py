@@ -28,7 +28,9 @@ from edge_runtime import files as files_mod
 from edge_runtime import preprocess
 from edge_runtime.errors import EdgetlError, ImageError
 
-from . import runfolder, schema, ui
+from toolchain.rundir import runfolder
+from toolchain.rundir import schema
+from toolchain import ui
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}

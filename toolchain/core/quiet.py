@@ -15,7 +15,7 @@ HEARTBEAT_SECONDS = 10.0  # default interval; $EDGETL_HEARTBEAT_SECONDS override
 
 
 def heartbeat_interval() -> float:
-    from .ui import env_seconds
+    from toolchain.ui import env_seconds
 
     return env_seconds("EDGETL_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
 
@@ -46,7 +46,7 @@ class Heartbeat:
             pass
 
     def _run(self):
-        from .ui import duration
+        from toolchain.ui import duration
 
         t0 = time.perf_counter()
         while not self._stop.wait(self.interval):
@@ -120,7 +120,7 @@ def _save_log(path: Path, captured):
     """Write ``path`` atomically (a new file renamed into place): what this process logged there
     before, then ``captured``. A file that was there before this process (in a staged run, a hard link
     of the previous run's log) is replaced, never modified."""
-    from .runfolder import write_bytes
+    from toolchain.rundir.runfolder import write_bytes
 
     captured.seek(0)
     data = captured.read()

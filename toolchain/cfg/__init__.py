@@ -1,0 +1,1 @@
+"""The single source of the training options' defaults, and how a TOML file and flags override them."""
