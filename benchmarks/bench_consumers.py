@@ -13,7 +13,11 @@ Variants (one `edgetl build` each, run one at a time, reused when DIR already ho
   ``edge_runtime.preprocess.fit_like_mediapipe`` (MediaPipe's arithmetic) and written as a lossless PNG
   (same folders and names, so the seeded split picks the same photos), then built with ``--resize squash``,
   which leaves a 160x160 photo untouched: the model sees exactly MediaPipe's pixels in training, parity and
-  calibration, and nothing else of edgetl changes.
+  calibration, and nothing else of edgetl changes;
+- ``both``: trained on views fitted both ways: the split of the ``crop`` run (its split.json) is written out
+  as train/val/test folders; every training photo appears twice (fitted by fit_like_mediapipe, and centre-
+  cropped by edgetl's ``crop`` fit), validation and test photos once (fit_like_mediapipe); built with
+  ``--resize squash`` (identity on those 160x160 files). The test split is the crop run's test split.
 
 Datasets: ``flowers10`` (800 photos, no split: edgetl's seeded 80/10/10) and ``hotdog`` (its given train/val
 split, 250 photos; test accuracy = val accuracy, one photo = 2 points).
@@ -48,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, SHARED, edgetl, imagenet_env, need_shared
 
 DATASETS = {"flowers10": SHARED / "datasets" / "flowers10", "hotdog": SHARED / "datasets" / "hotdog"}
-VARIANTS = ("crop", "squash", "mpfit")
+VARIANTS = ("crop", "squash", "mpfit", "both")
 MODES = ("int8", "float32")
 SIZE = 160
 
@@ -83,14 +87,42 @@ def prefit(data: Path, dest: Path) -> Path:
     return dest
 
 
+def both_views(data: Path, crop_run: Path, dest: Path) -> Path:
+    """The crop run's split as train/val/test folders: training photos fitted both ways, the others by
+    fit_like_mediapipe only."""
+    from PIL import Image
+
+    from edge_runtime import preprocess
+
+    if (dest / ".complete").is_file():
+        return dest
+    split = json.loads((crop_run / "split.json").read_text())
+    for part, rows in split["files"].items():
+        for rel, label in rows:
+            img = preprocess.decode_image(data / rel)
+            cls = split["classes"][label]
+            stem = Path(rel).stem
+            (dest / part / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(preprocess.fit_like_mediapipe(img, (SIZE, SIZE))).save(dest / part / cls / f"{stem}.png")
+            if part == "train":
+                Image.fromarray(preprocess.fit(img, (SIZE, SIZE), "crop")).save(dest / part / cls / f"{stem}.crop.png")
+    (dest / ".complete").write_text("ok\n")
+    return dest
+
+
 def build(out: Path, name: str, data: Path, variant: str) -> Path:
     run = out / "runs" / f"{name}_{variant}"
     if all((run / f"model_{m}.tflite").is_file() for m in MODES) and (run / "report.json").is_file():
         print(f"reusing {run}", flush=True)
         return run
-    src = prefit(data, out / "prefit" / name) if variant == "mpfit" else data
+    if variant == "mpfit":
+        src = prefit(data, out / "prefit" / name)
+    elif variant == "both":
+        src = both_views(data, build(out, name, data, "crop"), out / "both" / name)
+    else:
+        src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
-            "--force"] + (["--resize", "squash"] if variant in ("squash", "mpfit") else [])
+            "--force"] + (["--resize", "squash"] if variant != "crop" else [])
     for m in MODES:
         args += ["--quantize", m]
     t = time.perf_counter()

@@ -92,6 +92,9 @@ Devices = typer.Option(None, "--devices", metavar="LIST",
 WorkerTimeout = typer.Option(None, "--worker-timeout", metavar="SECONDS",
                              help="Several workers: how long to wait for them to join, and for each to reach a "
                                   "step the others are at (default 600).")
+OutputOpt = typer.Option(None, "--output", metavar="NAME_OR_INDEX",
+                         help="For a model with several outputs: the head to read, by position (0, 1, ...) or name "
+                              "(default: the first score vector whose metadata gives labels).")
 TopK = typer.Option(3, "--top-k", metavar="K", show_default=False, help="How many classes to report (default 3).")
 
 
@@ -375,14 +378,14 @@ def _check_runtime_flags(top_k=None, threads=None):
                           hint="e.g. --threads 2, or leave it out to use every core")
 
 
-def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
+def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None, output=None):
     from edge_runtime import choose
     from edge_runtime.classifier import Classifier
 
     model, threads = choose.resolve(model, mode=mode, threads=threads, backend=backend,
                                     say=lambda m: print(m, file=sys.stderr, flush=True))
     clf = Classifier(model, num_threads=threads, labels=labels, backend=backend, input_range=input_range,
-                     resize=resize, warn=False, cli=True)
+                     resize=resize, warn=False, cli=True, output=output)
     for note in clf.notes:
         print(f"warning: {note}", file=sys.stderr)
     return clf
@@ -410,6 +413,7 @@ def predict(
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
     mode: Optional[str] = ModeOpt,
+    output: Optional[str] = OutputOpt,
 ):
     """Classify image files; folders are recursed.
 
@@ -423,7 +427,7 @@ def predict(
     if as_json and as_csv:
         raise EdgetlError("--json and --csv are exclusive", hint="pick one output format")
     _check_runtime_flags(top_k, threads)
-    clf = _classifier(model, threads, labels, backend, input_range, resize, mode)
+    clf = _classifier(model, threads, labels, backend, input_range, resize, mode, output)
     fmt = "json" if as_json else "csv" if as_csv else "table"
     runtime_cmds.predict(clf, paths, top_k, fmt)
 
@@ -443,6 +447,7 @@ def camera(
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
     mode: Optional[str] = ModeOpt,
+    output: Optional[str] = OutputOpt,
 ):
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
@@ -450,7 +455,7 @@ def camera(
     if smooth < 1 or (max_frames is not None and max_frames < 1):
         raise EdgetlError("--smooth and --max-frames must be at least 1", hint="e.g. --smooth 5 --max-frames 100")
     _check_runtime_flags(top_k, threads)
-    clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
+    clf = _classifier(model, threads, labels, backend, input_range, mode=mode, output=output)
     summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()
     print(f"{s['frames']} frames in {s['seconds']:.1f}s: {s['mean_fps']:.1f} FPS mean, classify p50 "
@@ -474,6 +479,7 @@ def bench(
     labels: Optional[Path] = Labels,
     input_range: Optional[str] = InputRange,
     backend: Optional[str] = Backend,
+    output: Optional[str] = OutputOpt,
 ):
     """Latency (p50/p90/p99), FPS, size, peak memory and backend, per thread count. Given a run folder:
     every model of the run that passed its parity gate, measured in one interleaved loop at each thread
@@ -481,9 +487,13 @@ def bench(
     from . import runtime_cmds
 
     if model.is_dir():
+        if output is not None:
+            raise EdgetlError("--output chooses a head of one .tflite model; a run's models have one output",
+                              hint="pass the .tflite file with --output, or drop --output")
         runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
     else:
-        runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend)
+        runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend,
+                           output)
 
 
 @app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")
