@@ -110,19 +110,21 @@ def both_views(data: Path, crop_run: Path, dest: Path) -> Path:
     return dest
 
 
-def build(out: Path, name: str, data: Path, variant: str) -> Path:
-    run = out / "runs" / f"{name}_{variant}"
+def build(out: Path, name: str, data: Path, variant: str, seed: int | None = None) -> Path:
+    tag = "" if seed is None else f"_s{seed}"
+    run = out / "runs" / f"{name}_{variant}{tag}"
     if all((run / f"model_{m}.tflite").is_file() for m in MODES) and (run / "report.json").is_file():
         print(f"reusing {run}", flush=True)
         return run
     if variant == "mpfit":
         src = prefit(data, out / "prefit" / name)
     elif variant == "both":
-        src = both_views(data, build(out, name, data, "crop"), out / "both" / name)
+        src = both_views(data, build(out, name, data, "crop", seed), out / "both" / f"{name}{tag}")
     else:
         src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
-            "--force"] + (["--resize", "squash"] if variant != "crop" else [])
+            "--force"] + (["--resize", "squash"] if variant != "crop" else []) + \
+        (["--seed", str(seed)] if seed is not None else [])
     for m in MODES:
         args += ["--quantize", m]
     t = time.perf_counter()
@@ -149,6 +151,21 @@ def decode_all(data: Path, dest: Path) -> dict:
     index = {"file": str(dest), "photos": rows}
     index_path.write_text(json.dumps(index))
     return index
+
+
+def photo_key(rel: str) -> str:
+    """A photo's class folder and stem, the same for the original file and its prefitted copies."""
+    p = Path(rel)
+    return f"{p.parent.name}/{p.stem.removesuffix('.crop')}"
+
+
+def heldout_mask(run: Path, index: dict):
+    """True for the photos of the index in the run's validation and test splits (never trained on)."""
+    import numpy as np
+
+    split = json.loads((run / "split.json").read_text())
+    keys = {photo_key(rel) for part, rows in split["files"].items() if part != "train" for rel, _ in rows}
+    return np.array([photo_key(p["rel"]) in keys for p in index["photos"]])
 
 
 def iter_pixels(index: dict):
@@ -247,6 +264,7 @@ def main():
                        if p.exists()), None)
     ap.add_argument("--mediapipe-python", type=Path, default=default_mp)
     ap.add_argument("--tasklib-python", type=Path, default=Path("/work/venv-tflite-support/bin/python"))
+    ap.add_argument("--seed", type=int, default=None, help="--seed for every build (default: edgetl's, 42)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -264,7 +282,7 @@ def main():
     results = {}
     for name in names:
         data = DATASETS[name]
-        runs = {v: build(args.out, name, data, v) for v in variants}
+        runs = {v: build(args.out, name, data, v, args.seed) for v in variants}
         index = decode_all(data, args.out / f"{name}_pixels.raw")
         truth_names = [p["label"] for p in index["photos"]]
         models = [str(runs[v] / f"model_{m}.tflite") for v in variants for m in MODES]
@@ -280,13 +298,16 @@ def main():
                 e = edge[path]
                 truth = np.array([e["labels"].index(x) for x in truth_names])
                 own, emu = np.array(e["edge"]), np.array(e["edge-mp"])
+                held = heldout_mask(runs[v], index)
                 r = {"n": len(truth), "test_n": rep["tflite"][m].get("test_n"),
                      "edgetl_test_accuracy": rep["tflite"][m].get("test_accuracy"),
                      "keras_test_accuracy": (rep.get("keras") or {}).get("test_accuracy"),
-                     "edge_accuracy": float((own == truth).mean()), "edge_mp_accuracy": float((emu == truth).mean())}
+                     "edge_accuracy": float((own == truth).mean()), "edge_mp_accuracy": float((emu == truth).mean()),
+                     "heldout_n": int(held.sum()), "edge_heldout_accuracy": float((own == truth)[held].mean())}
                 if path in mp:
                     a = np.array(mp[path])
                     r.update({"mp_accuracy": float((a == truth).mean()), "mp_edge_agreement": float((a == own).mean()),
+                              "mp_heldout_accuracy": float((a == truth)[held].mean()),
                               "mp_edge_mp_agreement": float((a == emu).mean())})
                 if path in tl:
                     b = np.array(tl[path])
@@ -294,23 +315,26 @@ def main():
                               "tl_edge_mp_agreement": float((b == emu).mean())})
                     if path in mp:
                         r["tl_mp_agreement"] = float((b == np.array(mp[path])).mean())
-                results[f"{name}/{v}/{m}"] = r
+                results[f"{name}/{v}/{m}" + ("" if args.seed is None else f"/s{args.seed}")] = r
 
     def f(x, w=7):
         return f"{'-':>{w}}" if x is None else f"{x:>{w}.4f}"
 
     print("\nMobileNetV2 1.0, 160 px, ImageNet weights, default training; every photo of each dataset, same decoded "
           "pixels for every consumer")
-    print(f"{'dataset/variant/mode':26} {'n':>4} {'test acc':>8} {'edge':>7} {'MP':>7} {'TL':>7} {'edge-mp':>7} "
-          f"{'MP=edge':>7} {'MP=e-mp':>7} {'TL=edge':>7} {'TL=e-mp':>7} {'TL=MP':>7}")
+    print(f"{'dataset/variant/mode':29} {'n':>4} {'test acc':>8} {'edge':>7} {'MP':>7} {'TL':>7} {'edge-mp':>7} "
+          f"{'MP=edge':>7} {'MP=e-mp':>7} {'TL=edge':>7} {'TL=e-mp':>7} {'TL=MP':>7} {'held n':>6} {'edge h':>7} "
+          f"{'MP h':>7}")
     for k, r in results.items():
-        print(f"{k:26} {r['n']:>4} {f(r['edgetl_test_accuracy'], 8)} {f(r['edge_accuracy'])} {f(r.get('mp_accuracy'))} "
+        print(f"{k:29} {r['n']:>4} {f(r['edgetl_test_accuracy'], 8)} {f(r['edge_accuracy'])} {f(r.get('mp_accuracy'))} "
               f"{f(r.get('tl_accuracy'))} {f(r['edge_mp_accuracy'])} {f(r.get('mp_edge_agreement'))} "
               f"{f(r.get('mp_edge_mp_agreement'))} {f(r.get('tl_edge_agreement'))} {f(r.get('tl_edge_mp_agreement'))} "
-              f"{f(r.get('tl_mp_agreement'))}")
+              f"{f(r.get('tl_mp_agreement'))} {r['heldout_n']:>6} {f(r['edge_heldout_accuracy'])} "
+              f"{f(r.get('mp_heldout_accuracy'))}")
     print("test acc: edgetl's test-split accuracy of the TFLite model (report.json); edge, MP, TL: accuracy over all "
           "photos of edge_runtime (the model's own policy), MediaPipe Tasks, the Task Library; edge-mp: edge_runtime "
-          "fed fit_like_mediapipe; X=Y: top-1 agreement")
+          "fed fit_like_mediapipe; X=Y: top-1 agreement; held n, edge h, MP h: the run's validation + test photos "
+          "(never trained on) and the accuracy of edge_runtime and MediaPipe on them")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
