@@ -17,7 +17,8 @@ Variants (one `edgetl build` each, run one at a time, reused when DIR already ho
 - ``both``: trained on views fitted both ways: the split of the ``crop`` run (its split.json) is written out
   as train/val/test folders; every training photo appears twice (fitted by fit_like_mediapipe, and centre-
   cropped by edgetl's ``crop`` fit), validation and test photos once (fit_like_mediapipe); built with
-  ``--resize squash`` (identity on those 160x160 files). The test split is the crop run's test split.
+  ``--resize squash`` (identity on those 160x160 files). The test split is the crop run's test split;
+- ``mpfit_aug``: ``mpfit`` with ``--augment`` (flip, crop, light views in stage 1, on the fly in stage 2).
 
 Datasets: ``flowers10`` (800 photos, no split: edgetl's seeded 80/10/10) and ``hotdog`` (its given train/val
 split, 250 photos; test accuracy = val accuracy, one photo = 2 points).
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, SHARED, edgetl, imagenet_env, need_shared
 
 DATASETS = {"flowers10": SHARED / "datasets" / "flowers10", "hotdog": SHARED / "datasets" / "hotdog"}
-VARIANTS = ("crop", "squash", "mpfit", "both")
+VARIANTS = ("crop", "squash", "mpfit", "both", "mpfit_aug")
 MODES = ("int8", "float32")
 SIZE = 160
 
@@ -116,7 +117,7 @@ def build(out: Path, name: str, data: Path, variant: str, seed: int | None = Non
     if all((run / f"model_{m}.tflite").is_file() for m in MODES) and (run / "report.json").is_file():
         print(f"reusing {run}", flush=True)
         return run
-    if variant == "mpfit":
+    if variant in ("mpfit", "mpfit_aug"):
         src = prefit(data, out / "prefit" / name)
     elif variant == "both":
         src = both_views(data, build(out, name, data, "crop", seed), out / "both" / f"{name}{tag}")
@@ -124,7 +125,7 @@ def build(out: Path, name: str, data: Path, variant: str, seed: int | None = Non
         src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
             "--force"] + (["--resize", "squash"] if variant != "crop" else []) + \
-        (["--seed", str(seed)] if seed is not None else [])
+        (["--seed", str(seed)] if seed is not None else []) + (["--augment"] if variant == "mpfit_aug" else [])
     for m in MODES:
         args += ["--quantize", m]
     t = time.perf_counter()
