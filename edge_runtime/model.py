@@ -84,16 +84,17 @@ class LoadedModel:
     def op_counts(self) -> dict:
         return dict(Counter(self.ops).most_common())
 
-    def output_ends_in(self) -> str | None:
-        """The activation the output comes out of (SOFTMAX or LOGISTIC), looking through the
-        DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it is anything else."""
+    def output_ends_in(self, output: int = 0) -> str | None:
+        """The activation output ``output`` (a position in ``outputs``) comes out of (SOFTMAX or LOGISTIC),
+        looking through the DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it
+        is anything else."""
         if not self.outputs:
             return None
         producers = {}
         for op in self._op_details:
             for t in op["outputs"]:
                 producers[int(t)] = op
-        t = self.output.index
+        t = self.outputs[output].index
         for _ in range(8):
             op = producers.get(t)
             if op is None:
@@ -105,13 +106,13 @@ class LoadedModel:
             t = int(op["inputs"][0])
         return None
 
-    def output_is_probabilities(self) -> bool:
-        """True when the output already holds scores in [0, 1]: the edgetl metadata says so, or the graph
-        ends in SOFTMAX or LOGISTIC (a multi-label / MediaPipe Model Maker head). Otherwise the runtime
-        applies softmax."""
-        if self.meta and "probabilities" in (self.meta.get("output") or {}):
+    def output_is_probabilities(self, output: int = 0) -> bool:
+        """True when output ``output`` already holds scores in [0, 1]: the edgetl metadata says so (it
+        describes output 0), or the graph ends in SOFTMAX or LOGISTIC (a multi-label / MediaPipe Model Maker
+        head). Otherwise the runtime applies softmax."""
+        if output == 0 and self.meta and "probabilities" in (self.meta.get("output") or {}):
             return bool(self.meta["output"]["probabilities"])
-        return self.output_ends_in() is not None
+        return self.output_ends_in(output) is not None
 
     _op_details: list = field(default_factory=list, repr=False)
 
@@ -269,8 +270,14 @@ def _open(p, content, structure, found, be, threads) -> LoadedModel:
     return m
 
 
+def is_score_vector(t: TensorInfo) -> bool:
+    """True for an output shaped [batch, classes] (or [batch, 1, ..., classes]) with at least 2 classes."""
+    return len(t.shape) >= 2 and t.shape[-1] >= 2 and int(np.prod(t.shape)) == t.shape[-1] * t.shape[0]
+
+
 def check_image_classifier(m: LoadedModel):
-    """Refuse models that do not take one image and give one score vector."""
+    """Refuse models that do not take one image and give at least one score vector (a model with several
+    outputs is run on one of them: see ``Classifier``'s ``output``)."""
     if len(m.inputs) != 1:
         raise EdgetlError(f"{m.path}: model has {len(m.inputs)} inputs; an image classifier has one",
                           hint="edgetl runs single-image classifiers")
@@ -286,9 +293,14 @@ def check_image_classifier(m: LoadedModel):
         )
     if i.dtype.name not in ("uint8", "int8", "float32", "float16"):
         raise EdgetlError(f"{m.path}: unsupported input type {i.dtype.name}", hint="expected uint8, int8 or float32")
-    if len(m.outputs) != 1:
-        raise EdgetlError(f"{m.path}: model has {len(m.outputs)} outputs; a classifier has one score vector",
-                          hint="edgetl runs single-output classifiers")
+    if len(m.outputs) > 1:
+        if not any(is_score_vector(o) for o in m.outputs):
+            shapes = ", ".join(str(list(o.shape)) for o in m.outputs)
+            raise EdgetlError(f"{m.path}: none of the model's {len(m.outputs)} outputs is a score vector ({shapes})",
+                              hint="edgetl runs classifiers with an output shaped [batch, classes]")
+        return
+    if not m.outputs:
+        raise EdgetlError(f"{m.path}: model has no output", hint="the model is malformed; convert it again")
     o = m.output
     if len(o.shape) < 2 or int(np.prod(o.shape)) != o.shape[-1] * o.shape[0]:
         raise EdgetlError(f"{m.path}: model output is not a score vector (shape {list(o.shape)})",

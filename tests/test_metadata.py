@@ -70,12 +70,6 @@ def _labels_entry(labels=LABELS):
     return _zip_entry("labels.txt", ("\n".join(labels) + "\n").encode())
 
 
-def _backend() -> str:
-    from edge_runtime import backends
-
-    return str(backends.resolve())
-
-
 def _meta_of(test_models, name="edgetl_uint8") -> dict:
     return metadata.read((test_models / f"{name}.tflite").read_bytes())
 
@@ -113,13 +107,8 @@ def test_every_mode_carries_both_forms(test_models, name):
     assert std["labels"] == LABELS and std["labels_file"] == "labels.txt"
     assert [(f["name"], f["type"], f["tensor"]) for f in std["associated_files"]] == [
         ("labels.txt", "TENSOR_AXIS_LABELS", "output")]
-    # the interpreter installed here (ai-edge-litert, or tflite-runtime 2.14 in .venv-tflite) runs the file
-    try:
-        clf = Classifier(test_models / f"{name}.tflite", num_threads=1)
-    except EdgetlError as e:
-        if "Didn't find op for builtin opcode" in str(e) and "tflite_runtime 2.14" in _backend():
-            pytest.skip(f"tflite-runtime 2.14 lacks an op version TensorFlow 2.21 wrote for {mode}: {str(e)[:120]}")
-        raise
+    # the interpreter installed here (ai-edge-litert, or tflite-runtime 2.14 in .venv-test-tflite) runs the file
+    clf = Classifier(test_models / f"{name}.tflite", num_threads=1)
     assert clf.labels == LABELS and not clf.notes and clf.resize == "crop"
     p = clf.probabilities(_photo())
     assert p.shape == (3,) and abs(float(p.sum()) - 1) < 0.02

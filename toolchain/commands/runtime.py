@@ -148,7 +148,7 @@ def _parse_threads(text: str) -> list:
     return t
 
 
-def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend):
+def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend, output=None):
     from edge_runtime import bench as bench_mod
 
     thread_counts = _parse_threads(threads)  # flags first: an error names the flag, not the model
@@ -164,7 +164,7 @@ def bench(model, threads, runs, warmup, image, as_json, labels, input_range, bac
         import cv2
 
         frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
-    res = bench_mod.bench(model, thread_counts, runs, warmup, frame, backend, labels, input_range)
+    res = bench_mod.bench(model, thread_counts, runs, warmup, frame, backend, labels, input_range, output)
     if as_json:
         print(json.dumps(res))
         return
