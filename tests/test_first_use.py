@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import requires_tf, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -267,3 +269,186 @@ def test_stage_2_says_what_improved():
     assert not kept and "accuracy unchanged (0.9625) and loss not lower" in text and "stage-1 model" in text
     kept, text = stage2_verdict(0.9625, 0.15, 0.95, 0.10)
     assert not kept and "accuracy fell (0.9625 -> 0.9500" in text
+
+
+# ------------------------------------------------------------------ the runtime: which model, and why
+
+
+def _run_copy(tiny_run, tmp_path) -> Path:
+    import shutil
+
+    run, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dst = tmp_path / "runs" / "tiny"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _photo(tmp_path, kind="red") -> Path:
+    import numpy as np
+    from conftest import colour_image
+    from PIL import Image
+
+    p = tmp_path / f"{kind}.jpg"
+    Image.fromarray(colour_image(kind, np.random.default_rng(3))).save(p, "JPEG")
+    return p
+
+
+@requires_tf
+def test_info_run_describes_the_models_and_the_choice_and_mode_says_which(tiny_run, tmp_path):
+    import json
+
+    run = _run_copy(tiny_run, tmp_path)
+    env = {"EDGETL_CACHE_DIR": str(tmp_path / "cache")}
+    r = run_cli("info", run, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for mode in ("int8", "float16", "dynamic", "float32"):
+        assert f"model_{mode}.tflite" in r.stdout
+    assert "[95% CI]" in r.stdout and "not measured on this device yet" in r.stdout
+    d = json.loads(run_cli("info", run, "--json", env=env, timeout=120).stdout)
+    assert {m["mode"] for m in d["models"]} == {"int8", "float16", "dynamic", "float32"} and d["choice"] is None
+    # --mode says which model it uses, and why
+    photo = _photo(tmp_path)
+    r = run_cli("predict", run, photo, "--mode", "float16", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "using model_float16.tflite: forced by --mode float16; it passed its parity gate" in r.stderr
+    # the automatic choice says it too; then info shows the remembered choice
+    r = run_cli("predict", run, photo, env=env, timeout=600)
+    assert r.returncode == 0 and "the fastest model that passed parity on this device" in r.stderr, r.stderr
+    chosen = r.stderr.split("using ", 1)[1].split(" ", 1)[0]
+    r = run_cli("info", run, env=env, timeout=120)
+    assert f"choice     {chosen} at " in r.stdout, r.stdout
+    d = json.loads(run_cli("info", run, "--json", env=env, timeout=120).stdout)
+    assert Path(d["choice"]["path"]).name == chosen
+
+
+@requires_tf
+def test_classifier_from_run_says_which_model_and_why(tiny_run, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from edge_runtime import Classifier
+
+    run = _run_copy(tiny_run, tmp_path)
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(tmp_path / "cache"))
+    clf = Classifier.from_run(run, mode="int8", num_threads=1)
+    text = repr(clf)
+    assert text.startswith("Classifier(") and str(run / "model_int8.tflite") in text
+    assert "mode='int8'" in text and "threads=1" in text and "backend='" in text
+    assert clf.chosen == "forced by mode='int8'; it passed its parity gate" and "chosen=" in text
+    with caplog.at_level(logging.INFO, logger="edge_runtime"):
+        clf = Classifier.from_run(run)
+    assert "the fastest model that passed parity on this device" in clf.chosen
+    assert clf.chosen in repr(clf) and Path(str(clf.model.path)).name in caplog.text
+    plain = Classifier(run / "model_float32.tflite")
+    assert "chosen='given as a file'" in repr(plain) and plain.chosen is None
+
+
+@requires_tf
+def test_a_keras_model_given_to_predict_points_at_the_tflite_files_and_quantize(tiny_run, tmp_path):
+    import shutil
+
+    from conftest import assert_user_error
+
+    run = _run_copy(tiny_run, tmp_path)
+    photo = _photo(tmp_path)
+    r = run_cli("predict", run / "model.keras", photo, block_tf=True, timeout=120)
+    assert_user_error(r, "is a Keras model", "not a TFLite model", "model_int8.tflite", "edgetl quantize")
+    alone = tmp_path / "elsewhere" / "mine.keras"
+    alone.parent.mkdir()
+    shutil.copy(run / "model.keras", alone)
+    r = run_cli("info", alone, block_tf=True, timeout=120)
+    assert_user_error(r, "not a TFLite model", f"edgetl quantize {alone}")
+
+
+# ------------------------------------------------------------------ offline: fast, one clean line
+
+
+def test_keras_offline_message_loses_its_noise():
+    from toolchain.core.modeling import keras_fetch_reason
+
+    url = "https://storage.googleapis.com/x/mobilenet_v2_weights.h5"
+    assert keras_fetch_reason(f"URL fetch failure on {url}: None -- [Errno -3] Temporary failure in name "
+                              "resolution") == f"Temporary failure in name resolution ({url})"
+
+
+@requires_tf
+def test_offline_imagenet_weights_fail_at_once_before_tensorflow(tiny_data, tmp_path):
+    """No weights in Keras' cache and no way out (a proxy on a closed loopback port stands for a machine
+    without network: nothing leaves this machine): exit 2 in a second or two, before TensorFlow loads
+    (it is made unimportable here), one clean error line."""
+    import socket
+    import time
+
+    from conftest import assert_user_error
+
+    with socket.socket() as s:  # a free loopback port, closed again: connecting to it is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = f"http://127.0.0.1:{port}"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": "", "ALL_PROXY": "",
+           "all_proxy": ""}
+    (tmp_path / "keras").mkdir()
+    t0 = time.perf_counter()
+    r = run_cli("build", tiny_data, "--out", tmp_path / "run", "--alpha", "0.35", "--image-size", "96",
+                env=env, block_tf=True, timeout=120)
+    seconds = time.perf_counter() - t0
+    assert_user_error(r, "could not download the ImageNet weights", "cannot be reached", "--weights")
+    assert "None --" not in r.stderr and "TensorFlow" not in r.stderr
+    assert seconds < 10, seconds
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ cosmetics
+
+
+def test_predict_joins_labels_with_commas_unambiguously_and_info_says_mb(test_models, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("tench, Tinca tinca\ngoldfish, Carassius auratus\ngreat white shark, white shark\n")
+    model = test_models / "edgetl_float32.tflite"
+    r = run_cli("predict", model, _photo(tmp_path), "--labels", labels, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = r.stdout.splitlines()[-1]
+    nxt = row.split("  ")[-1].strip()
+    parts = nxt.split(" | ")
+    assert len(parts) == 2 and all(p.rsplit(" ", 1)[0] in labels.read_text() for p in parts), row
+    r = run_cli("info", model, timeout=120)
+    assert r.returncode == 0 and " MB)" in r.stdout.splitlines()[0] and "KB" not in r.stdout
+
+
+def test_runners_up_at_zero_are_left_out_and_imagenet_labels_stay_whole(shared):
+    from conftest import REF_PTQ
+
+    r = run_cli("predict", REF_PTQ, shared / "images" / "grace_hopper.bmp", "--top-k", "10", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "military uniform" in r.stdout and "0.000" not in r.stdout.splitlines()[-1], r.stdout
+    r = run_cli("info", REF_PTQ, timeout=120)
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("labels"))
+    assert " | tench, Tinca tinca | " in line, line
+
+
+def test_camera_json_has_one_precision_and_no_camera_is_one_clean_error(test_models, tmp_path):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from conftest import assert_user_error
+
+    model = test_models / "edgetl_uint8.tflite"
+    video = tmp_path / "v.avi"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 72))
+    if not vw.isOpened():
+        __import__("pytest").skip("this OpenCV build cannot write a video file")
+    for i in range(3):
+        vw.write(np.full((72, 96, 3), (40 * i, 80, 200), np.uint8))
+    vw.release()
+    r = run_cli("camera", model, "--source", video, "--headless", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in r.stdout.splitlines():
+        d = json.loads(line)
+        assert d["score"] == d["top_k"][0]["score"]  # one rounding (6 decimals) for every score
+    r = run_cli("camera", model, "--source", "7", "--headless", timeout=120)
+    assert_user_error(r, "cannot open camera 7")
+    assert "[ WARN" not in r.stderr and "WARN:" not in r.stderr
+    assert r.stderr.splitlines()[0].startswith("error: ")

@@ -527,7 +527,7 @@ InfoModelArg = typer.Argument(..., metavar="MODEL", show_default=False,
                                    "the one this device uses.")
 
 
-@app.command(cls=_PlainHelpCommand, short_help="What a model is (I/O, operators, metadata), or a run's models and choice.")
+@app.command(cls=_PlainHelpCommand, short_help="A model's I/O, operators and metadata; a run's models and choice.")
 def info(
     model: Path = InfoModelArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
