@@ -280,11 +280,26 @@ class Classifier:
         (measured once per device and remembered; see ``edge_runtime.choose``). ``mode`` forces one
         (``"int8"``, ``"float16"``, ``"dynamic"``, ``"float32"``); ``num_threads`` overrides the thread
         count the choice was measured with. Other keyword arguments go to ``Classifier``."""
+        import logging
+
         from . import choose
 
-        path, threads = choose.resolve(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"),
-                                       classifier_class=cls)
-        return cls(path, num_threads=threads, **kwargs)
+        picked = choose.pick(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"),
+                             classifier_class=cls)
+        clf = cls(picked.path, num_threads=picked.threads, **kwargs)
+        clf.chosen = picked.why  # why this model of the run (also in repr(clf))
+        logging.getLogger("edge_runtime").info("%s: using %s (%s)", run, Path(picked.path).name, picked.why)
+        return clf
+
+    chosen: str | None = None  # from_run: why this model of the run was chosen; None: the model was given
+
+    def __repr__(self) -> str:
+        m = self.model
+        mode = self.meta.get("mode")
+        parts = [f"model={str(m.path)!r}", f"mode={mode!r}" if mode else "", f"threads={m.num_threads}",
+                 f"backend={str(m.backend)!r}", f"classes={self.num_classes}",
+                 f"chosen={self.chosen!r}" if self.chosen else "chosen='given as a file'"]
+        return f"Classifier({', '.join(x for x in parts if x)})"
 
     # ---- input mapping, decided once
     def _setup_input(self):

@@ -168,6 +168,7 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     error, never taking this process down; the verdict is remembered per model and backend). ``trusted=True``
     skips that: for a file edgetl itself has just written (the toolchain's conversions)."""
     p, content = read_model_bytes(path)
+    not_tflite(p, content)
     structure = tflite_format.parse_model(content, str(p))
     declared = tflite_format.check_memory(structure, str(p))
     check_io(structure, p)
@@ -188,6 +189,26 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     if verdict is not None and verdict.stage == "invoke":
         m.run_error = verdict.error
     return m
+
+
+def not_tflite(p: Path, content: bytes) -> None:
+    """A Keras model (a .keras ZIP archive, or an HDF5 .h5) handed to the runtime: say so, and what to
+    run instead (the .tflite files beside it, or `edgetl quantize` to make them)."""
+    kind = ("a Keras model (.keras archive)" if content[:4] == b"PK\x03\x04" and p.suffix.lower() == ".keras"
+            else "a Keras/HDF5 model" if content[:8] == b"\x89HDF\r\n\x1a\n" else None)
+    if kind is None:
+        return
+    beside = sorted(x.name for x in p.parent.glob("model_*.tflite") if x.is_file())
+    if beside and (p.parent / "report.json").is_file():  # in a run folder
+        hint = (f"run one of the TFLite models beside it ({', '.join(beside)}), or pass the run folder {p.parent} "
+                f"(its fastest model that passed parity); `edgetl quantize {p.parent} --quantize MODE` makes "
+                "another mode")
+    elif beside:
+        hint = f"run one of the TFLite models beside it ({', '.join(beside)}), or convert it with `edgetl quantize`"
+    else:
+        hint = (f"convert it first: `edgetl quantize {p} --calibration PHOTO_DIR` writes model_int8.tflite and "
+                "model_float32.tflite beside it (the build does this for a run), then pass one of those")
+    raise EdgetlError(f"{p} is {kind}, not a TFLite model: the runtime runs .tflite files", hint=hint)
 
 
 def verdict_error(p, v) -> EdgetlError | None:

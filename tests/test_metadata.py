@@ -259,8 +259,8 @@ def test_info_shows_both_forms(test_models, shared):
     assert r.returncode == 0 and "archive    labels.txt, edgetl/metadata.json" in out
     assert "tflite metadata (TFLITE_METADATA, parser >= 1.0.0)" in out and "author edgetl" in out
     assert "colour space RGB, normalization mean [0] std [1]" in out
-    assert "labels   3: blue, green, red (from labels.txt)" in out and "TENSOR_AXIS_LABELS" in out
-    assert "metadata   edgetl" in out and "labels   3: blue, green, red" in out and "resize crop" in out
+    assert "labels   3: blue | green | red (from labels.txt)" in out and "TENSOR_AXIS_LABELS" in out
+    assert "metadata   edgetl" in out and "labels   3: blue | green | red" in out and "resize crop" in out
     r = run_cli("info", shared / "models" / "mediapipe_model_maker" / "flowers10_int8.tflite")
     assert "normalization mean [127.5] std [128]" in r.stdout and "ends in LOGISTIC" in r.stdout
     assert "labels   10: 01_daffodil" in r.stdout and "metadata   edgetl" not in r.stdout
@@ -374,7 +374,7 @@ def test_zip_bomb_is_capped_before_reading(test_models, tmp_path):
     for name, reason in (("honest", "over the 4194304 byte limit"), ("liar", "cannot be read")):
         rss, r = _peak_rss_mb("info", tmp_path / f"{name}.tflite")
         assert "edgetl metadata ignored: edgetl/metadata.json" in r.stderr and reason in r.stderr, r.stderr
-        assert "labels   3: blue, green, red (from labels.txt)" in r.stdout and "Traceback" not in r.stderr
+        assert "labels   3: blue | green | red (from labels.txt)" in r.stdout and "Traceback" not in r.stderr
         assert rss < base + 64, (name, rss, base)
 
 

@@ -18,18 +18,35 @@ from edge_runtime.errors import EdgetlError
 
 class _PlainHelpCommand(typer.core.TyperCommand):
     """Typer's help, with its type placeholders (``<path>``, ``<list[str]>``) and braces around
-    arguments (``{DATA_DIR}``) removed: metavars already say what to write, in plain words."""
+    arguments (``{DATA_DIR}``) removed: metavars already say what to write, in plain words. They are
+    removed from each entry before the columns are laid out, so every description starts in one column."""
 
-    def get_help(self, ctx) -> str:
+    @staticmethod
+    def _plain(text: str) -> str:
         import re
 
-        text = super().get_help(ctx)
         text = re.sub(r"\{([A-Za-z0-9_.|\[\]]+)\}", r"\1", text)
         return re.sub(r" <[a-zA-Z\[\]|,. ]+>", "", text)
+
+    def format_options(self, ctx, formatter) -> None:
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            rv = param.get_help_record(ctx)
+            if rv is not None:
+                rv = (self._plain(rv[0]), rv[1])
+                (args if param.param_type_name == "argument" else opts).append(rv)
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+    def get_help(self, ctx) -> str:
+        return self._plain(super().get_help(ctx))
 
 
 app = typer.Typer(
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h = --help, on every verb too
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -515,17 +532,26 @@ def bench(
                                output)
 
 
-@app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")
+InfoModelArg = typer.Argument(..., metavar="MODEL", show_default=False,
+                              help="A .tflite model, or a run folder: its models with their parity results, and "
+                                   "the one this device uses.")
+
+
+@app.command(cls=_PlainHelpCommand, short_help="A model's I/O, operators and metadata; a run's models and choice.")
 def info(
-    model: Path = ModelArg,
+    model: Path = InfoModelArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     backend: Optional[str] = Backend,
 ):
-    """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model."""
+    """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model; for a run
+    folder, its models (size, precision, parity) and which one predict and camera use on this device."""
     from toolchain.commands import runtime as runtime_cmds
 
     with runtime_cmds.pipe_closed_is_the_end():
-        runtime_cmds.info(model, as_json, backend)
+        if model.is_dir():
+            runtime_cmds.info_run(model, as_json, backend)
+        else:
+            runtime_cmds.info(model, as_json, backend)
 
 
 # ------------------------------------------------------------------ entry point
@@ -591,7 +617,8 @@ def main(argv=None):
         _fail(e.message, e.hint, e.exit_code)
     except ex.UsageError as e:
         if no_args_help is not None and isinstance(e, no_args_help):
-            e.show()
+            # bare `edgetl`: a request for help (as `edgetl -h`): the help on stdout, exit 0
+            typer.echo(e.ctx.get_help())
             sys.exit(0)
         where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "edgetl"
         msg = " ".join(e.format_message().split())

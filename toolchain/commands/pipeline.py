@@ -68,7 +68,7 @@ def precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
-    modeling.check_weights_arg(cfg.weights)
+    modeling.check_weights_arg(cfg.weights, cfg.alpha, cfg.image_size)  # offline: fails now, not after TF loads
 
 
 def make_base(cfg, check_fine_tune: bool):

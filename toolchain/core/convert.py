@@ -213,6 +213,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
                 t = parity.compare(ev.p_keras[: ev.test_n], p_tfl[: ev.test_n], ev.labels[: ev.test_n], labels)
                 result.update({"test_n": t["n"], "test_accuracy": t["tflite_accuracy"],
                                "test_accuracy_drop_pt": t["accuracy_drop_pt"], "test_agreement": t["agreement"],
+                               "test_accuracy_drop_ci95_pt": t["accuracy_drop_ci95_pt"],
                                "confusion": t["confusion"], "confusion_change": t["confusion_change"]})
             else:
                 result["test_accuracy"] = cmp.get("tflite_accuracy")
@@ -325,7 +326,7 @@ def write_labels_beside(folder: Path, labels):
     runfolder.write_text(path, text)
 
 
-PARITY_KEYS = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "agreement", "kl_mean", "cosine_mean",
+PARITY_KEYS = ("n", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt", "accuracy_drop_ci95_pt", "agreement", "kl_mean", "cosine_mean",
                "nonfinite_keras", "nonfinite_tflite",
                "max_prob_diff")
 
