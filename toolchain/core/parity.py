@@ -224,7 +224,7 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
             why = f"{keras_path} needs more"
         raise EdgetlError(f"{why}; missing: {'; '.join(missing)}",
                           hint="pass " + " and ".join(m.split(' (')[0] for m in missing)
-                               + ("" if ours else " (and --resize if not 'crop')"))
+                               + ("" if ours else " (and --resize if not 'mediapipe')"))
     if len(labels) != out_shape[1]:
         raise EdgetlError(f"{len(labels)} labels for a model with {out_shape[1]} outputs",
                           hint="pass the labels file that belongs to this model")
