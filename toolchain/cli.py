@@ -363,16 +363,19 @@ def parity(
                                               help="For a Keras model not built by edgetl: the values for pixels 0 and 255."),
     resize: Optional[str] = Resize,
     threads: Optional[int] = Threads,
+    consumers: Optional[str] = Consumers,
 ):
     """Compare a TFLite model with its Keras model on the same photos; exit 1 when a gate fails."""
     from toolchain.cfg import config as config_mod
     from toolchain.commands import parity as parity_cmd
 
-    config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
+    declared = config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement,  # finite, in range
+                                  consumers=_consumers(consumers)).consumers
     _check_numbers(threads=threads)
 
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
-                            labels=labels, input_range=input_range, resize=resize, threads=threads)
+                            labels=labels, input_range=input_range, resize=resize, threads=threads,
+                            consumers=declared)
     if as_json:
         from toolchain.rundir.runfolder import finite
 

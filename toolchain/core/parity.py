@@ -297,17 +297,19 @@ def _figures(p_keras, p, y, p_edge, test_n: int) -> dict:
 
 
 def consumer_parity(path, tensors, p_keras, p_edge, y, *, policy: str, paths=None, test_n: int = 0, declared=None, max_drop: float = 1.0, min_agreement: float = 0.97, edge_backend: str = "",
-                    cache: dict | None = None, trusted: bool = True) -> tuple:
+                    cache: dict | None = None, trusted: bool = True, options: dict | None = None) -> tuple:
     """({consumer: figures}, [failure reasons]) of the TFLite model at ``path`` under each consumer.
 
     ``tensors``/``p_keras``/``p_edge``/``y``: the parity photos fitted with ``policy``, the Keras reference and
     edge_runtime's probabilities on them (already measured); ``paths``: their files (for MediaPipe's fit, when
     it differs from ``policy``); ``cache``: a dict kept across the modes of one run (MediaPipe-fitted tensors).
     ``declared``: the consumers gated (empty/None: ``default_consumers(policy)``); edge is always gated.
-    Every consumer is measured where it can be; one that cannot is reported with the reason, never gated."""
+    Every consumer is measured where it can be; one that cannot is reported with the reason, never gated.
+    ``options``: the Classifier arguments the model needs (labels, input_range, resize), as for edge."""
     from edge_runtime.classifier import Classifier
 
     declared = list(declared or default_consumers(policy))
+    opts = dict(options or {}, resize=policy)
     gated = ["edge"] + [c for c in declared if c != "edge"]
     out, reasons = {}, []
     out["edge"] = {"fit": policy, "interpreter": edge_backend, **_figures(p_keras, p_edge, y, None, test_n)}
@@ -326,7 +328,7 @@ def consumer_parity(path, tensors, p_keras, p_edge, y, *, policy: str, paths=Non
         if not len(rows):
             out["mediapipe"] = {"measured": False, "reason": "none of the parity photos could be read again"}
         else:
-            clf = Classifier(path, num_threads=2, warn=False, trusted=trusted)
+            clf = Classifier(path, num_threads=2, warn=False, trusted=trusted, **opts)
             p = tflite_probabilities(clf, mp, desc=None)
             kept_test = int((rows < test_n).sum())  # rows are sorted: the test photos come first
             out["mediapipe"] = {"fit": "mediapipe", "interpreter": str(clf.model.backend),
@@ -341,7 +343,7 @@ def consumer_parity(path, tensors, p_keras, p_edge, y, *, policy: str, paths=Non
             out["tflite-runtime"] = {"measured": False, "reason": why}
         else:
             try:
-                clf = Classifier(path, num_threads=2, warn=False, trusted=trusted, backend="tflite_runtime")
+                clf = Classifier(path, num_threads=2, warn=False, trusted=trusted, backend="tflite_runtime", **opts)
                 p = tflite_probabilities(clf, tensors)
                 out["tflite-runtime"] = {"fit": policy, "interpreter": "tflite_runtime",
                                          **_figures(p_keras, p, y, p_edge, test_n)}

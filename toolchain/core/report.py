@@ -493,15 +493,15 @@ def consumer_lines(tfl: dict, cfg: dict) -> list:
         return [f"MediaPipe fits the whole frame (squash, bilinear) whatever the training policy: estimated top-1 "
                 f"agreement of MediaPipe with edge_runtime (`{cfg.get('resize')}`) on {n} parity photos: {parts}.", ""]
     policy = cfg.get("resize")
-    lines = ["### Consumers", "",
-             f"Each model measured as each consumer runs it, against the same Keras reference (the Keras model on "
+    intro = (f"Each model measured as each consumer runs it, against the same Keras reference (the Keras model on "
              f"the run's `{policy}` fit): edge_runtime (its fit, on the interpreter named), MediaPipe Tasks and the "
              "TFLite Task Library (their bilinear fit of the whole frame, with MediaPipe's arithmetic, on "
              "ai-edge-litert), tflite-runtime (edge_runtime's fit on that interpreter). A declared consumer is gated "
              "like the model (drop and agreement over all the parity photos); the others are shown only "
-             "(`--consumers` declares them).", "",
-             "| mode | consumer | fit | interpreter | photos | agreement | accuracy | drop (pt) | test acc "
-             "| agrees with edge | gate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(`--consumers` declares them).")
+    header = ("| mode | consumer | fit | interpreter | photos | agreement | accuracy | drop (pt) | test acc "
+              "| agrees with edge | gate |")
+    lines = ["### Consumers", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, r in tfl.items():
         for name, f in (r.get("consumers") or {}).items():
             who = CONSUMER_NAMES.get(name, name)
