@@ -123,7 +123,8 @@ def test_kill_loop_clean(fast_run_template, tmp_path):
     """clean deletes regenerable files one by one: a kill at any time leaves every result and every file
     of the user's."""
     results = None
-    for k, delay in enumerate(np.random.default_rng(4).uniform(0.05, 0.6, size=int(os.environ.get("EDGETL_KILL_LOOP", "4"))))):
+    n = int(os.environ.get("EDGETL_KILL_LOOP", "4"))
+    for k, delay in enumerate(np.random.default_rng(4).uniform(0.05, 0.6, size=n)):
         run = tmp_path / f"c{k}" / "run"
         shutil.copytree(fast_run_template, run, symlinks=True)
         add_user_files(run)
