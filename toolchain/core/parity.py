@@ -335,7 +335,7 @@ def consumer_parity(path, tensors, p_keras, p_edge, y, *, policy: str, paths=Non
                                 **_figures(p_keras[rows], p, None if y is None else y[rows], p_edge[rows],
                                            kept_test)}
     # tflite-runtime: edge_runtime's fit, another interpreter (older int8 kernels)
-    if edge_backend == "tflite_runtime":
+    if edge_backend.split(" ")[0] == "tflite_runtime":
         out["tflite-runtime"] = {**out["edge"], "note": "the interpreter edge ran on"}
     else:
         why = interpreter_unusable("tflite_runtime")
