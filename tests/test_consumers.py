@@ -314,3 +314,41 @@ def test_a_declared_consumer_that_falls_short_fails_the_gate(tmp_path):
     assert f32["passed"] is False and f32["consumers"]["mediapipe"]["passed"] is False
     assert f32["consumers"]["edge"]["passed"] is True and f32["consumers"]["mediapipe"]["declared"]
     assert "FAIL" in (run / "report.md").read_text()
+
+
+def test_consumer_parity_measures_each_interpreter_or_says_why_not(test_models, tmp_path):
+    """No TensorFlow needed: each consumer of a crop model measured on real files, against a reference
+    (here edge_runtime's own scores). Under NumPy 2 tflite-runtime is "not measured" with the reason; in
+    .venv-test-tflite it is the interpreter edge runs on."""
+    from toolchain.core import parity
+
+    path = test_models / "edgetl_float32.tflite"
+    clf = Classifier(path, num_threads=1)
+    files = []
+    for i, img in enumerate(_photos()):
+        files.append(tmp_path / f"p{i}.png")
+        Image.fromarray(img).save(files[-1])
+    tensors = np.stack([clf.prepare(np.asarray(Image.open(f).convert("RGB"))) for f in files])
+    p_edge = clf.run_tensors(list(tensors))
+    y = p_edge.argmax(1)
+    per, failed = parity.consumer_parity(path, tensors, p_edge, p_edge, y, policy="crop", paths=[str(f) for f in files],
+                                         test_n=4, max_drop=1.0, min_agreement=0.97,
+                                         edge_backend=str(clf.model.backend))
+    assert per["edge"]["agreement"] == 1.0 and per["edge"]["passed"] and per["edge"]["test_n"] == 4 and not failed
+    mp = per["mediapipe"]
+    assert mp["measured"] and not mp["declared"] and mp["n"] == len(files) and mp["fit"] == "mediapipe"
+    expected = clf.run_tensors([clf.from_pixels(fit_like_mediapipe(np.asarray(Image.open(f).convert("RGB")),
+                                                                   clf.input_size)) for f in files])
+    assert mp["agreement"] == round(float((expected.argmax(1) == y).mean()), 4)
+    tr = per["tflite-runtime"]
+    assert tr["declared"]
+    if str(clf.model.backend).startswith("tflite_runtime"):
+        assert tr["measured"] and tr["agreement"] == 1.0
+    else:
+        assert tr["measured"] or tr["reason"]
+    # declared, MediaPipe's fit of these odd-sized random photos falls short of a 100 % limit
+    per, failed = parity.consumer_parity(path, tensors, p_edge, p_edge, y, policy="crop", paths=[str(f) for f in files],
+                                         declared=["mediapipe"], min_agreement=1.0, max_drop=100,
+                                         edge_backend=str(clf.model.backend))
+    assert per["mediapipe"]["declared"] and (per["mediapipe"]["passed"] == (per["mediapipe"]["agreement"] == 1.0))
+    assert bool(failed) == (per["mediapipe"]["agreement"] < 1.0)
