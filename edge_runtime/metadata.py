@@ -305,6 +305,9 @@ def validate_edgetl(meta) -> dict:
     for k in ("dataset", "parity"):
         if meta.get(k) is not None and not isinstance(meta[k], dict):
             raise MetadataError(f"{k} must be an object")
+    ms = meta.get("min_score")
+    if ms is not None and not (_is_num(ms) and 0 <= ms < 1):
+        raise MetadataError("min_score must be a number from 0 to 1 (below 1)")
     return meta
 
 
@@ -479,6 +482,9 @@ def _standard_view(md: dict, archive: _Archive | None, structure: dict | None, p
         inp["normalization"] = {"mean": mean, "std": std}
     view["input"] = inp
     out = dict(outs[0]) if outs else {}
+    thr = next((u for u in out.get("process_units") or () if u["type"] == "ScoreThresholdingOptions"), None)
+    if thr is not None and math.isfinite(thr.get("global_score_threshold", 0.0)):
+        out["score_threshold"] = thr.get("global_score_threshold", 0.0)  # MediaPipe drops scores below it
     view["output"] = out
     files = []
     for where, fs in (("model", md.get("associated_files")), ("subgraph", sg.get("associated_files")),
@@ -670,11 +676,17 @@ def build_model_metadata(md: dict) -> bytes:
         if t.get("process_units"):
             made = []
             for u in t["process_units"]:
-                if u["type"] != "NormalizationOptions":
+                if u["type"] == "NormalizationOptions":
+                    mean, std = floats(u["mean"]), floats(u["std"])
+                    opt = table(2, [(0, mean), (1, std)])
+                elif u["type"] == "ScoreThresholdingOptions":  # table { global_score_threshold: float } (id 0)
+                    b.StartObject(1)
+                    b.PrependFloat32Slot(0, float(u["global_score_threshold"]), 0.0)
+                    opt = b.EndObject()
+                else:
                     raise ValueError(f"writing process unit {u['type']} is not supported")
-                mean, std = floats(u["mean"]), floats(u["std"])
-                opt = table(2, [(0, mean), (1, std)])
-                made.append(table(2, [(1, opt)], [(0, 1)]))
+                # ProcessUnit { options: ProcessUnitOptions }: the union's type (id 0), then its table (id 1)
+                made.append(table(2, [(1, opt)], [(0, _code(PROCESS_UNITS, u["type"]))]))
             units = offsets(made)
         stats = None
         if t.get("stats"):
@@ -859,6 +871,9 @@ def standard_from_edgetl(meta: dict, structure: dict, labels_name: str = LABELS_
                 "description": ("Probabilities of the labels respectively (softmax)." if probs
                                 else "Scores of the labels respectively (logits: no softmax in the graph)."),
                 "content": "FeatureProperties",
+                **({"process_units": [{"type": "ScoreThresholdingOptions",
+                                       "global_score_threshold": float(meta["min_score"])}]}
+                   if meta.get("min_score") else {}),
                 "stats": out_stats,
                 "associated_files": [{"name": labels_name, "type": "TENSOR_AXIS_LABELS",
                                       "description": "Labels for categories that the model can recognize."}],
