@@ -25,7 +25,7 @@ import numpy as np
 from edge_runtime import __version__, inspect_model
 from edge_runtime import metadata as meta_mod
 from edge_runtime import model as model_mod
-from edge_runtime.classifier import Classifier
+from edge_runtime.classifier import UNKNOWN_LABEL, Classifier
 from edge_runtime.errors import EdgetlError
 
 from toolchain.core import metrics
@@ -434,8 +434,16 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else len(calib)}
     if not prepared:
         evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
+    calibrated = None
     if min_score is None:
-        min_score = cfg.min_score or (runfolder.read_report(run).get("unknown") or {}).get("min_score") or None
+        min_score = cfg.min_score or None
+    if min_score is None and UNKNOWN_LABEL in labels and evalset.rows is not None:
+        from toolchain.core import diagnose  # --unknown: the threshold from the held-out unknown photos
+
+        calibrated = diagnose.calibrate_min_score(ds, evalset)
+        min_score = calibrated["min_score"] or None
+        ui.info(f"unknown: models answer '{UNKNOWN_LABEL}' below a score of {min_score or 0:g} (calibrated on "
+                f"{calibrated['val_unknown']} held-out unknown photos)")
     results = {}
     for mode in modes:
         ui.info(f"converting to {mode} ...")
@@ -457,7 +465,11 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     rep = runfolder.read_report(run)
     tfl = dict(rep.get("tflite") or {})
     tfl.update(results)
-    runfolder.update_report(run, tflite=tfl)
+    # the photos some model gets wrong (thumbnails under plots/), on the parity set just measured
+    from toolchain.core import diagnose
+
+    extra = diagnose.after_parity(ds, evalset, run, min_score, calibrated) if evalset.rows is not None else {}
+    runfolder.update_report(run, tflite=tfl, **extra)
     return results
 
 

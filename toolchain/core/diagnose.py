@@ -385,12 +385,14 @@ def misclassified(ds, evalset, run: Path, min_score: float = 0.0) -> list:
     return out
 
 
-def after_parity(ds, evalset, run: Path, min_score: dict | None) -> dict:
-    """report.json's ``misclassified`` (and ``unknown``) after conversion and parity."""
-    t = float((min_score or {}).get("min_score") or 0.0)
+def after_parity(ds, evalset, run: Path, min_score: float | None, calibrated: dict | None = None) -> dict:
+    """report.json's ``misclassified`` (and ``unknown``, when the models can answer it) after conversion and
+    parity. ``calibrated``: what calibrate_min_score said (None: the threshold was set by hand)."""
+    t = float(min_score or 0.0)
     out = {"misclassified": misclassified(ds, evalset, run, t)}
-    if min_score is not None:
-        out["unknown"] = {**min_score, **unknown_figures(ds, evalset, t)}
+    if t or UNKNOWN_LABEL in ds.classes:
+        how = calibrated or {"source": "--min-score" if t else "none"}
+        out["unknown"] = {**how, "min_score": round(t, 6), **unknown_figures(ds, evalset, t)}
     return out
 
 
