@@ -131,4 +131,4 @@ def test_min_score_by_hand_is_written_and_applied(known, tmp_path):
         got = clf.classify_path(p, top_k=1)[0]
         assert got.label == (best.label if best.score >= np.float32(0.97) else "unknown")
     r = run_cli("build", data, "--min-score", "1.5", "--out", tmp_path / "x")
-    assert r.returncode == 2 and "--min-score" in r.stderr
+    assert r.returncode == 2 and "min-score 1.5" in r.stderr

@@ -133,7 +133,8 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tupl
     diag = {}  # report.json `data`: near-duplicates (regrouped), likely label errors, from stage 1's features
     model, section, history, weights = train.stage1(
         ds, cfg, run, base, weights, info=keras_info(ds, cfg),
-        features_hook=lambda rows, feats: diag.update(diagnose.on_features(ds, run, cfg, rows, feats, ctx)))
+        features_hook=lambda rows, feats, secs: diag.update(diagnose.on_features(ds, run, cfg, rows, feats, ctx,
+                                                                                 secs)))
     ev = train.evaluate(model, ds, cfg)
     rep = {}
     if ctx.chief:

@@ -236,11 +236,12 @@ def move_command(ds, rel: str, suggested: int, unknown_dir: str = "") -> str:
     return f"mv {shlex.quote(str(src))} {shlex.quote(str(dest))}/"
 
 
-def on_features(ds, run: Path, cfg, rows, feats, ctx) -> dict:
+def on_features(ds, run: Path, cfg, rows, feats, ctx, extra_seconds: float = 0.0) -> dict:
     """The diagnostics of stage 1's features (every worker calls it; the chief decides and writes).
     Regroups near-duplicates of a split edgetl made (``ds.files`` changes on every worker, split.json is
-    written again). Returns report.json's ``data`` section (the chief's; {} on the others)."""
-    t0 = time.perf_counter()
+    written again). ``extra_seconds``: what stage 1 spent for the diagnostics alone (the test split's
+    features), counted in ``seconds``. Returns report.json's ``data`` section (the chief's; {} on the others)."""
+    t0 = time.perf_counter() - extra_seconds
     rows = np.asarray(rows, np.int64)
 
     def decide_groups():
@@ -388,11 +389,13 @@ def misclassified(ds, evalset, run: Path, min_score: float = 0.0) -> list:
 def after_parity(ds, evalset, run: Path, min_score: float | None, calibrated: dict | None = None) -> dict:
     """report.json's ``misclassified`` (and ``unknown``, when the models can answer it) after conversion and
     parity. ``calibrated``: what calibrate_min_score said (None: the threshold was set by hand)."""
+    t0 = time.perf_counter()
     t = float(min_score or 0.0)
     out = {"misclassified": misclassified(ds, evalset, run, t)}
     if t or UNKNOWN_LABEL in ds.classes:
         how = calibrated or {"source": "--min-score" if t else "none"}
         out["unknown"] = {**how, "min_score": round(t, 6), **unknown_figures(ds, evalset, t)}
+    out["diagnostics"] = {"seconds": round(time.perf_counter() - t0, 2)}  # this part's (stage 1's: data.seconds)
     return out
 
 

@@ -172,9 +172,13 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
     rows_va, y_va = ds.rows("val"), ds.labels("val")
     rows_te = ds.rows("test") if features_hook is not None and not ds.test_is_val else np.zeros(0, np.int64)
     rows = np.concatenate([rows_tr, rows_va, rows_te])
-    feats = extract_features(extractor, ds.images, rows, "base features")
+    n_fit = len(rows_tr) + len(rows_va)
+    feats = extract_features(extractor, ds.images, rows[:n_fit], "base features")
     if features_hook is not None:  # the diagnostics (diagnose.py): they may regroup photos between splits
-        features_hook(rows, feats)
+        t_te = time.perf_counter()  # the test split's features serve the diagnostics alone: timed as theirs
+        if len(rows_te):
+            feats = np.concatenate([feats, extract_features(extractor, ds.images, rows_te, "test features")])
+        features_hook(rows, feats, time.perf_counter() - t_te)
         rows_tr, y_tr, rows_va, y_va = ds.rows("train"), ds.labels("train"), ds.rows("val"), ds.labels("val")
     pos = {int(r): i for i, r in enumerate(rows)}
     f_tr, f_va = feats[[pos[int(r)] for r in rows_tr]], feats[[pos[int(r)] for r in rows_va]]
