@@ -138,7 +138,7 @@ def part_unknown(work: Path, env, mp_python: str | None):
     for i, p in enumerate(rng.sample(train, 200)):
         shutil.copy(p, other / f"{i:03d}_{p.name}")
     held = rng.sample(held, 50)
-    base, wall0 = build(FLOWERS, work / "run_plain", env)
+    _, wall0 = build(FLOWERS, work / "run_plain", env)
     rep, wall1 = build(FLOWERS, work / "run_unknown", env, "--unknown", other)
     u = rep.get("unknown") or {}
     print(f"threshold: {u.get('min_score')} ({u.get('source')}; {u.get('val_unknown')} held-out unknown photos in "
@@ -163,7 +163,7 @@ def part_unknown(work: Path, env, mp_python: str | None):
                 f"flowers10 test accuracy {acc1}/{len(t1)} with --unknown, {acc0}/{len(t0)} without")
         if mp_python:
             r = subprocess.run([mp_python, "-c", MP_CODE, str(m), json.dumps([str(p) for p in held])],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
             if r.returncode == 0:
                 got = json.loads(r.stdout.strip().splitlines()[-1])
                 line += f"; MediaPipe Tasks: {sum(1 for g in got if g in ('', 'unknown'))}/50 unknown"

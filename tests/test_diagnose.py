@@ -111,6 +111,15 @@ def test_unknown_photos_are_answered_unknown(known):
     labels = [json.loads(line)["label"] for line in r.stdout.splitlines()]
     assert len(labels) == 20 and labels.count("unknown") >= 16
     assert "## Unknown photos" in (run / "report.md").read_text()
+    from PIL import Image
+    from test_camera import write_video
+
+    frames = [np.ascontiguousarray(np.asarray(Image.open(p))[:, :, ::-1]) for p in sorted(other.iterdir())[:8]]
+    clip = write_video(run.parent / "other.avi", frames)
+    r = run_cli("camera", run, "--source", clip, "--headless", "--max-frames", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = [json.loads(line)["label"] for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(said) == 8 and said.count("unknown") >= 6  # the JSON lines (and the overlay) say unknown
 
 
 def test_min_score_by_hand_is_written_and_applied(known, tmp_path):
