@@ -154,8 +154,9 @@ def _best(history: dict) -> dict:
 def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None, features_hook=None):
     """Build the model (on ``base`` if given) and train its head on cached features. ``info``: what the
     saved stage-1 model carries about itself (labels, size, resize policy). ``features_hook(rows,
-    features)``, if given, sees the features of every photo (test split included) before the head is
-    trained, and may move photos between splits (``ds.files``).
+    features, seconds)``, if given, sees the features of every photo (test split included; ``seconds``: the
+    time spent on the test split's, which only it needs) before the head is trained, and may move photos
+    between splits (``ds.files``).
     Returns (model, report_section, history, weights_info)."""
     modeling.import_keras()
     t0 = time.perf_counter()
