@@ -113,7 +113,9 @@ def _blas_one_thread():
 def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, folds: int = FOLDS) -> np.ndarray:
     """Out-of-fold probabilities (N, n_classes): each photo scored by a logistic-regression head trained on
     the other folds (stratified: each class dealt round the folds in a seeded order). Features are scaled to
-    unit length (times 30, so the mild regularisation C=10 suits them)."""
+    unit length (times 30). The heads are strongly regularised (C=0.3): a few mislabelled photos that look alike
+    (a burst moved into the wrong folder) then cannot vouch for each other across folds (measured on
+    flowers10 with 5 photos moved: 4 of 5 found with every fold seed tried, against 3 of 5 with C=10)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -136,15 +138,16 @@ def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int
             if len(present) < 2:
                 out[np.ix_(te, present)] = 1.0
                 continue
-            head = LogisticRegression(C=10.0, max_iter=100).fit(x[tr], y[tr])
+            head = LogisticRegression(C=0.3, max_iter=100).fit(x[tr], y[tr])
             out[np.ix_(te, head.classes_)] = head.predict_proba(x[te])
     return out
 
 
 def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
     """(ranked [(index, suggested, score)], method note). Confident learning (cleanlab) on out-of-fold
-    probabilities: as many issues as the confident joint estimates, those whose given label has the lowest
-    out-of-fold probability (the score, from 0 to 1), worst first. ([], reason) when it cannot run."""
+    probabilities: the photos the confident joint counts as mislabelled, pruned by the estimated noise rate of
+    each class pair (cleanlab's default, the paper's method), ranked by the out-of-fold probability of the
+    given label (the score, from 0 to 1), worst first. ([], reason) when it cannot run."""
     try:
         import cleanlab.filter
     except ImportError:
@@ -155,7 +158,7 @@ def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
         return [], "too few photos for a label check"
     p = out_of_fold(feats, y, n_classes, seed)
     try:
-        idx = cleanlab.filter.find_label_issues(y, p, filter_by="low_self_confidence",
+        idx = cleanlab.filter.find_label_issues(y, p, filter_by="prune_by_noise_rate",
                                                 return_indices_ranked_by="self_confidence")
     except Exception as e:  # noqa: BLE001 (a degenerate dataset: no label check, said why)
         return [], f"cleanlab could not run ({str(e)[:200]})"
