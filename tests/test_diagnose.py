@@ -9,9 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HAVE_TF, TINY_FLAGS, colour_image, run_cli, write_dataset
+from conftest import HAVE_TF, TINY_FLAGS, assert_user_error, colour_image, run_cli, write_dataset
 
-pytestmark = pytest.mark.skipif(not HAVE_TF, reason="needs TensorFlow (pip install '.[train]')")
+
+def test_bad_unknown_folder_is_refused_before_tensorflow(tmp_path):
+    data = write_dataset(tmp_path / "photos", per_class=4)
+    (tmp_path / "empty").mkdir()
+    for bad, phrase in ((tmp_path / "nothere", "not found"), (data / "red", "overlaps the data folder"),
+                        (tmp_path / "empty", "holds no photos")):
+        r = run_cli("build", data, "--unknown", bad, "--out", tmp_path / "run", block_tf=True, timeout=60)
+        assert_user_error(r, phrase)
+    write_dataset(data, classes=("Unknown",), per_class=2)  # a class of the data folder named like the label
+    write_dataset(tmp_path / "o", classes=("x",), per_class=2)
+    r = run_cli("train", data, "--unknown", tmp_path / "o", "--out", tmp_path / "run", block_tf=True, timeout=60)
+    assert_user_error(r, "already has a class folder named 'unknown'")
+    assert not (tmp_path / "run").exists()
 
 
 def _photos(root: Path) -> tuple:
@@ -32,6 +44,8 @@ def _photos(root: Path) -> tuple:
 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow (pip install '.[train]')")
     root = tmp_path_factory.mktemp("knowdata")
     data, other = _photos(root)
     run = root / "run"
