@@ -18,6 +18,8 @@ trust) the caller's arguments, the model's edgetl metadata, its standard TFLite 
   MediaPipe's calibration (``calibration``) and nothing else; otherwise softmax is applied only when the
   graph does not end in SOFTMAX or LOGISTIC (possibly followed by DEQUANTIZE/QUANTIZE/RESHAPE), so a sigmoid
   head keeps its own scale.
+- "unknown": ``min_score=`` > the edgetl ``min_score`` > the head's standard ScoreThresholdingOptions
+  (what MediaPipe and the Task Library apply): when no class reaches it, the answer is ``unknown``.
 A note (and a warning, unless ``warn=False``) is made only when something is missing: no labels
 anywhere, or metadata that was present but unusable.
 For a quantized input whose quantization already maps raw pixels (scale 1, zero point 0 for uint8) the
@@ -36,6 +38,8 @@ from . import files, preprocess
 from . import model as model_mod
 from .errors import EdgetlError
 from .metadata import MetadataWarning  # noqa: F401 (re-exported: warnings filter on it)
+
+UNKNOWN_LABEL = "unknown"  # the answer when no class reaches the model's min_score (and --unknown's class)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class Classifier:
 
     def __init__(self, model, num_threads: int | None = None, labels=None, backend: str | None = None,
                  input_range=None, resize: str | None = None, warn: bool = True, cli: bool = False,
-                 trusted: bool = False, output=None):
+                 trusted: bool = False, output=None, min_score: float | None = None):
         """Open ``model`` and decide once how to feed it and how to read its scores.
 
         Args:
@@ -116,6 +120,9 @@ class Classifier:
             trusted: skip the crash-safety check of the first load (``model.load``): only for a file
                 edgetl itself has just written. By default a model is first opened in a child process, once
                 per model and device, so a corrupt file cannot crash this process.
+            min_score: the score the best class must reach, else the answer is ``unknown`` (index -1);
+                overrides the model's metadata (edgetl's ``min_score``, the standard ScoreThresholdingOptions).
+                0 turns it off.
             output: for a model with several outputs, the head to read: its position in the model's outputs
                 (0, 1, ...) or its name (tensor name or standard-metadata name). Default: the first score
                 vector whose metadata gives labels, else the first score vector (a note says which).
@@ -199,6 +206,18 @@ class Classifier:
                 "range is unknown",
                 hint=f"pass {range_flag}, e.g. -1,1 (MobileNet style), 0,1 or 0,255",
             )
+        # "unknown": the score the best class must reach
+        std_min = std_out.get("score_threshold")
+        if min_score is not None:
+            self.min_score, self.sources["min_score"] = float(min_score), "min_score argument"
+        elif self.meta.get("min_score") is not None and self.output_index == 0:  # edgetl's describes output 0
+            self.min_score, self.sources["min_score"] = float(self.meta["min_score"]), "edgetl metadata"
+        elif std_min is not None:
+            self.min_score, self.sources["min_score"] = float(std_min), "TFLite metadata ScoreThresholdingOptions"
+        else:
+            self.min_score = 0.0
+        # compared in float32, as MediaPipe compares its scores with the standard metadata's float threshold
+        self.min_score = float(np.float32(self.min_score))
         if warn:
             for note in self.notes:
                 warnings.warn(note, MetadataWarning, stacklevel=2)
@@ -423,8 +442,13 @@ class Classifier:
 
     def top(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
         """The ``top_k`` highest scores, best first. Ties (common with uint8 outputs, where scores move in
-        steps of 1/256) go to the lower class index, so the answer is the same on every CPU and run."""
-        return [Prediction(self.labels[i], int(i), float(probs[i])) for i in top_indices(probs, top_k)]
+        steps of 1/256) go to the lower class index, so the answer is the same on every CPU and run. When
+        the best score is below ``min_score``, the answer is one ``Prediction("unknown", -1, best score)``
+        (MediaPipe returns no category then)."""
+        idx = top_indices(probs, top_k)
+        if self.min_score and float(probs[idx[0]]) < self.min_score:
+            return [Prediction(UNKNOWN_LABEL, -1, float(probs[idx[0]]))]
+        return [Prediction(self.labels[i], int(i), float(probs[i])) for i in idx]
 
     def classify(self, image: np.ndarray, top_k: int = 3, bgr: bool = False) -> list[Prediction]:
         """Top-k predictions for one RGB uint8 image (``bgr=True`` for OpenCV BGR frames)."""

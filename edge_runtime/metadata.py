@@ -305,6 +305,9 @@ def validate_edgetl(meta) -> dict:
     for k in ("dataset", "parity"):
         if meta.get(k) is not None and not isinstance(meta[k], dict):
             raise MetadataError(f"{k} must be an object")
+    ms = meta.get("min_score")
+    if ms is not None and not (_is_num(ms) and 0 <= ms < 1):
+        raise MetadataError("min_score must be a number from 0 to 1 (below 1)")
     return meta
 
 
@@ -485,6 +488,9 @@ def _standard_view(md: dict, archive: _Archive | None, structure: dict | None, p
         where = "" if len(outs) == 1 else f" (output {k})"
         o["labels"], o["labels_file"] = _labels_of(o, archive, n, problems, where)
         o["calibration"] = _calibration_of(o, archive, n, problems, where)
+        thr = next((u for u in o.get("process_units") or () if u["type"] == "ScoreThresholdingOptions"), None)
+        if thr is not None and math.isfinite(thr.get("global_score_threshold", 0.0)):
+            o["score_threshold"] = thr.get("global_score_threshold", 0.0)  # MediaPipe drops scores below it
         view["outputs"].append(o)
     out = view["outputs"][0] if outs else {"labels": None, "labels_file": None, "calibration": None}
     view["output"] = out
@@ -724,6 +730,10 @@ def build_model_metadata(md: dict) -> bytes:
                 if u["type"] == "NormalizationOptions":
                     mean, std = floats(u["mean"]), floats(u["std"])
                     opt = table(2, [(0, mean), (1, std)])
+                elif u["type"] == "ScoreThresholdingOptions":  # table { global_score_threshold: float } (id 0)
+                    b.StartObject(1)
+                    b.PrependFloat32Slot(0, float(u["global_score_threshold"]), 0.0)
+                    opt = b.EndObject()
                 elif u["type"] == "ScoreCalibrationOptions":
                     b.StartObject(2)
                     b.PrependUint8Slot(0, _code(SCORE_TRANSFORMS, u.get("score_transformation", "IDENTITY")), 0)
@@ -731,6 +741,7 @@ def build_model_metadata(md: dict) -> bytes:
                     opt = b.EndObject()
                 else:
                     raise ValueError(f"writing process unit {u['type']} is not supported")
+                # ProcessUnit { options: ProcessUnitOptions }: the union's type (id 0), then its table (id 1)
                 made.append(table(2, [(1, opt)], [(0, _code(PROCESS_UNITS, u["type"]))]))
             units = offsets(made)
         stats = None
@@ -916,6 +927,9 @@ def standard_from_edgetl(meta: dict, structure: dict, labels_name: str = LABELS_
                 "description": ("Probabilities of the labels respectively (softmax)." if probs
                                 else "Scores of the labels respectively (logits: no softmax in the graph)."),
                 "content": "FeatureProperties",
+                **({"process_units": [{"type": "ScoreThresholdingOptions",
+                                       "global_score_threshold": float(meta["min_score"])}]}
+                   if meta.get("min_score") else {}),
                 "stats": out_stats,
                 "associated_files": [{"name": labels_name, "type": "TENSOR_AXIS_LABELS",
                                       "description": "Labels for categories that the model can recognize."}],

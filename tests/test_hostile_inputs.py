@@ -410,7 +410,8 @@ def _fuzz_cases():
 
     flags = {"head_units": "build", "epochs": "build", "fine_tune_epochs": "build", "batch_size": "build",
              "calibration_size": "build", "seed": "build", "dropout": "build", "learning_rate": "build",
-             "fine_tune_lr": "build", "max_drop": "build", "min_agreement": "build", "local_workers": "build",
+             "fine_tune_lr": "build", "max_drop": "build", "min_agreement": "build", "min_score": "build",
+             "local_workers": "build",
              "worker_timeout": "build", "threads": "predict", "top_k": "predict", "smooth": "camera",
              "max_frames": "camera", "runs": "bench", "warmup": "bench"}
     numeric = [st.tuples(st.just(name), st.just(verb), _bad_number(RANGES[name].lo, RANGES[name].hi,

@@ -90,6 +90,12 @@ Force = typer.Option(False, "--force", help="Replace an existing run or models (
 Quantize = typer.Option(None, "--quantize", metavar="MODE", help="TFLite mode to produce: int8, float16, dynamic, float32; repeatable (default int8 and float32: the device runs the faster one that passes parity).")
 CalibrationSize = typer.Option(None, "--calibration-size", metavar="N", help="Calibration photos for int8 (default 300, seeded).")
 IoType = typer.Option(None, "--io", metavar="TYPE", help="I/O type of int8 models: uint8 (default), int8, float32.")
+UnknownDir = typer.Option(None, "--unknown", metavar="DIR",
+                          help="Photos of none of the classes (background, other objects): the models learn to "
+                               "answer 'unknown', with a threshold calibrated on held-out ones.")
+MinScore = typer.Option(None, "--min-score", metavar="S",
+                        help="Answer 'unknown' when no class scores at least S (0 to 1), written into both "
+                             "metadata forms (default: calibrated with --unknown, else none).")
 MaxDrop = typer.Option(None, "--max-drop", metavar="POINTS", help="Parity gate: largest accuracy drop in points (default 1.0).")
 MinAgreement = typer.Option(None, "--min-agreement", metavar="FRACTION", help="Parity gate: smallest top-1 agreement (default 0.97).")
 Consumers = typer.Option(None, "--consumers", metavar="LIST",
@@ -138,6 +144,11 @@ def _train_flags(**kw) -> dict:
     if "consumers" in kw:
         kw["consumers"] = _consumers(kw["consumers"])
     return kw
+
+
+def _unknown_flag(unknown: Optional[Path]) -> Optional[str]:
+    """--unknown DIR as the config records it: the folder's absolute path."""
+    return None if unknown is None else str(Path(unknown).absolute())
 
 
 def _default_out(data_dir: Path) -> Path:
@@ -216,6 +227,8 @@ def build(
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
     consumers: Optional[str] = Consumers,
+    unknown: Optional[Path] = UnknownDir,
+    min_score: Optional[float] = MinScore,
     keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep RUN/cache/ (the decoded photos) after a successful build; later commands rebuild it when needed."),
     cluster: Optional[str] = ClusterOpt,
     task_index: Optional[int] = TaskIndex,
@@ -232,7 +245,7 @@ def build(
                          fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                          split=split, seed=seed, resize=resize, strict=strict, quantize=quantize,
                          calibration_size=calibration_size, io=io, max_drop=max_drop, min_agreement=min_agreement,
-                         consumers=consumers)
+                         consumers=consumers, unknown=_unknown_flag(unknown), min_score=min_score)
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
     if _distributed(lambda **kw: pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache, **kw), out, cluster, task_index,
@@ -259,6 +272,7 @@ def train(
     seed: Optional[int] = Seed,
     resize: Optional[str] = Resize,
     strict: Optional[bool] = Strict,
+    unknown: Optional[Path] = UnknownDir,
     cluster: Optional[str] = ClusterOpt,
     task_index: Optional[int] = TaskIndex,
     local_workers: Optional[int] = LocalWorkers,
@@ -271,7 +285,7 @@ def train(
 
     flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment,
-                         split=split, seed=seed, resize=resize, strict=strict)
+                         split=split, seed=seed, resize=resize, strict=strict, unknown=_unknown_flag(unknown))
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
     if _distributed(lambda **kw: pipeline.do_train(data_dir, out, cfg, force, **kw), out, cluster, task_index,
@@ -325,6 +339,7 @@ def quantize(
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
     consumers: Optional[str] = Consumers,
+    min_score: Optional[float] = MinScore,
     force: bool = Force,
 ):
     """Convert to TFLite (full-integer int8 and float32 by default), check it, embed metadata, measure parity.
@@ -334,7 +349,8 @@ def quantize(
     results = quantize_cmd.run(source, modes=list(quantize or []) + list(mode or []) or None, calibration=calibration,
                                calibration_size=calibration_size, io=io, out=out, labels=labels,
                                input_range=input_range, resize=resize, max_drop=max_drop,
-                               min_agreement=min_agreement, force=force, consumers=_consumers(consumers))
+                               min_agreement=min_agreement, min_score=min_score, force=force,
+                               consumers=_consumers(consumers))
     for r in results.values():
         typer.echo(r["out"])
     failed = quantize_cmd.gate_failures(results)

@@ -184,6 +184,37 @@ def test_every_head_of_a_model_with_several_outputs(test_models, shared):
                     assert [cats[i][0] for i in range(clf.num_classes)] == clf.labels
 
 
+@pytest.mark.parametrize("name", ["edgetl_uint8", "edgetl_float32"])
+def test_min_score_threshold_is_applied_by_mediapipe(test_models, tmp_path, name):
+    """--min-score / --unknown's threshold, written as ScoreThresholdingOptions in the standard metadata:
+    MediaPipe returns no category exactly where edge_runtime answers ``unknown``."""
+    from edge_runtime import metadata
+
+    src = test_models / f"{name}.tflite"
+    plain = Classifier(src, num_threads=1, warn=False)
+    photos = [preprocess.fit(img, plain.input_size, plain.resize) for img in _photos()]
+    best = sorted(float(plain.run_tensor(plain.from_pixels(px)).max()) for px in photos)
+    assert best[0] < best[-1], "the photos must straddle the threshold"
+    meta = dict(metadata.read(src))
+    meta["min_score"] = (best[len(best) // 2 - 1] + best[len(best) // 2]) / 2
+    path = tmp_path / f"{name}_threshold.tflite"
+    path.write_bytes(metadata.embed(src.read_bytes(), meta))  # both metadata forms written again
+    clf = Classifier(path, num_threads=1)
+    assert clf.min_score == pytest.approx(meta["min_score"])
+    unknown = 0
+    with _classifier(path) as mpc:
+        for px in photos:
+            r = mpc.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(px)))
+            cats = r.classifications[0].categories
+            ours = clf.top(clf.run_tensor(clf.from_pixels(px)), top_k=1)[0]
+            if ours.label == "unknown":
+                unknown += 1
+                assert cats == [], (ours, cats)
+            else:
+                assert max(cats, key=lambda c: c.score).category_name == ours.label
+    assert 0 < unknown < len(photos)
+
+
 # ------------------------------------------------------------------ a default build's model on real photos
 
 

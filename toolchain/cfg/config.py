@@ -63,6 +63,9 @@ class Config:
     # consumers the parity gate holds for (empty: all that apply: edge and tflite-runtime where measured, and
     # mediapipe for the mediapipe policy); every consumer is measured either way
     consumers: list = field(default_factory=list)
+    # photos of none of the classes, and the score below which the models answer "unknown"
+    unknown: str = ""  # a folder of such photos: one more class, "unknown", and a threshold calibrated on them
+    min_score: float = 0.0  # 0: calibrated from `unknown` photos when given, else none
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,6 +110,7 @@ RANGES = {
     "learning_rate": Range(0, 10, integer=False, lo_open=True),
     "fine_tune_lr": Range(0, 10, integer=False, lo_open=True),
     "max_drop": Range(0, 100, integer=False), "min_agreement": Range(0, 1, integer=False),
+    "min_score": Range(0, 1, integer=False, hi_open=True),
     # options of the command line only
     "threads": Range(1, 1024), "top_k": Range(1, 100000), "smooth": Range(1, 100000),
     "max_frames": Range(1, 2**31 - 1), "runs": Range(1, 1000000), "warmup": Range(0, 1000000),

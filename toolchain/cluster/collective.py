@@ -479,8 +479,9 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
     layout, classes, groups = data_mod.scan(data_dir, warn=False)  # the precheck said what is ignored
+    classes, groups = data_mod.with_unknown(classes, groups, cfg)
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
-    listing = hashlib.sha1("\n".join(f"{p.relative_to(data_dir)}|{lab}|{g}" for p, lab, g in all_files)
+    listing = hashlib.sha1("\n".join(f"{data_mod.relpath(p, data_dir)}|{lab}|{g}" for p, lab, g in all_files)
                            .encode("utf-8")).hexdigest()
     seen = ctx.allgather_json(listing)
     differ = [r for r, h in enumerate(seen) if h != seen[0]]
@@ -507,7 +508,7 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
     local_pos = {j: i for i, j in enumerate(mine)}
     for j, (path, label, group) in enumerate(all_files):
         reason, digest = merged[str(j)]
-        rel = str(path.relative_to(data_dir))
+        rel = data_mod.relpath(path, data_dir)
         if reason is not None:
             skipped.append({"path": rel, "reason": reason})
             continue

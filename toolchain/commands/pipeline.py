@@ -27,6 +27,7 @@ from edge_runtime.errors import EdgetlError, GateFailed
 
 from toolchain.cfg import config as config_mod
 from toolchain.core import data as data_mod
+from toolchain.core import diagnose
 from toolchain.core import modeling
 from toolchain.core import report
 from toolchain.rundir import runfolder
@@ -67,7 +68,9 @@ def clean_history(h: dict) -> dict:
 def precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
-    data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
+    _, classes, _ = data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
+    if cfg.unknown:
+        data_mod.check_unknown(cfg.unknown, data_dir, classes)
     modeling.check_weights_arg(cfg.weights, cfg.alpha, cfg.image_size)  # offline: fails now, not after TF loads
 
 
@@ -127,7 +130,11 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tupl
         runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": now(),
                                                    "status": "running", "config": cfg.as_dict()})
     ds = ctx.build_dataset(data_dir, run, cfg, write_run=ctx.chief)
-    model, section, history, weights = train.stage1(ds, cfg, run, base, weights, info=keras_info(ds, cfg))
+    diag = {}  # report.json `data`: near-duplicates (regrouped), likely label errors, from stage 1's features
+    model, section, history, weights = train.stage1(
+        ds, cfg, run, base, weights, info=keras_info(ds, cfg),
+        features_hook=lambda rows, feats, secs: diag.update(diagnose.on_features(ds, run, cfg, rows, feats, ctx,
+                                                                                 secs)))
     ev = train.evaluate(model, ds, cfg)
     rep = {}
     if ctx.chief:
@@ -142,6 +149,7 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tupl
             keras={**ev, "path": "model.keras", "sha256": sha, "stage": "feature_extraction"},
             distribution=ctx.describe(),
             status="trained",
+            **({"data": diag} if diag else {}),
         )
         rep = report.add_timing(run, "train", time.perf_counter() - t0)
     ui.info(f"stage 1: {section['epochs']} epochs in {section['seconds']:.1f}s, best val_acc {section['val_accuracy']:.4f}"

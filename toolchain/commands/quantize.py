@@ -32,7 +32,8 @@ def _run_of(source: Path):
 
 
 def run(source, modes=None, calibration=None, calibration_size=None, io=None, out=None, labels=None,
-        input_range=None, resize=None, max_drop=None, min_agreement=None, force=False, consumers=None) -> dict:
+        input_range=None, resize=None, max_drop=None, min_agreement=None, force=False, min_score=None,
+        consumers=None) -> dict:
     source = Path(source)
     if not source.exists():
         raise EdgetlError(f"not found: {source}", hint="pass a run folder or a .keras model")
@@ -41,7 +42,7 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise EdgetlError(f"--out {out} exists and is a file", hint="pass a folder for the models")
     flags = dict(quantize=list(modes) if modes else None, calibration_size=calibration_size, io=io,
-                 max_drop=max_drop, min_agreement=min_agreement, consumers=consumers)
+                 max_drop=max_drop, min_agreement=min_agreement, min_score=min_score, consumers=consumers)
     config_mod.resolve(None, **flags)  # bad flags fail before anything is loaded
     run_dir = _run_of(source)
     if source.is_dir() and run_dir is None:

@@ -26,7 +26,7 @@ from edge_runtime import __version__, inspect_model
 from edge_runtime import metadata as meta_mod
 from edge_runtime import preprocess
 from edge_runtime import model as model_mod
-from edge_runtime.classifier import Classifier
+from edge_runtime.classifier import UNKNOWN_LABEL, Classifier
 from edge_runtime.errors import EdgetlError
 
 from toolchain.core import metrics
@@ -107,9 +107,10 @@ def check_full_integer(path: Path, trusted: bool = True):
 
 
 def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, keras_sha: str, dataset: dict,
-                  parity_figures: dict | None, io: str) -> dict:
+                  parity_figures: dict | None, io: str, min_score: float | None = None) -> dict:
     inp, out = loaded.input, loaded.output
-    return {
+    extra = {"min_score": float(min_score)} if min_score else {}  # below it, the answer is "unknown"
+    return {**extra,
         "format": meta_mod.FORMAT,
         "format_version": meta_mod.FORMAT_VERSION,
         "edgetl_version": __version__,
@@ -163,11 +164,13 @@ class EvalSet:
     p_keras: np.ndarray | None = None
     paths: list | None = None  # the photos' files (for consumers that fit them their own way)
     fitted: dict = field(default_factory=dict)  # tensors fitted by other consumers, kept across modes
+    rows: np.ndarray | None = None  # the cache row of each photo (a run's parity set)
+    p_tflite: dict = field(default_factory=dict)  # mode -> probabilities of the model written (convert_one)
 
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
                 keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path | None,
-                consumers=None) -> dict:
+                min_score: float | None = None, consumers=None) -> dict:
     """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically.
     ``log_dir``: where the converter's log goes (a run's logs/); None: nowhere (shown if it fails)."""
     io_used = io if mode == "int8" else "float32"
@@ -181,7 +184,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
     def draft(flat_bytes):
         """Write ``flat_bytes`` with draft metadata to tmp (the runtime needs it to feed the model)."""
         meta = make_metadata(_load_bytes(flat_bytes, tmp), mode, labels, size, resize, value_range, keras_sha,
-                             dataset, None, io_used)
+                             dataset, None, io_used, min_score)
         tmp.write_bytes(meta_mod.embed(flat_bytes, meta))
 
     try:
@@ -209,6 +212,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
                 ev.p_keras = parity.keras_probabilities(model, ev.tensors, value_range)
             clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
             p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
+            ev.p_tflite[mode] = p_tfl
             cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
             per, failed = parity.consumer_parity(tmp, ev.tensors, ev.p_keras, p_tfl, ev.labels, policy=resize,
@@ -238,7 +242,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
                                                                 "tflite_accuracy", "reason") if k in f}
                                      for c, f in per.items()}}
         final = meta_mod.embed(flat, make_metadata(loaded, mode, labels, size, resize, value_range, keras_sha,
-                                                   dataset, figures, io_used))
+                                                   dataset, figures, io_used, min_score))
         runfolder.write_bytes(out_path, final)
         result["path"] = out_path.name
         result["size_bytes"] = len(final)
@@ -396,14 +400,17 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
     desc = (f"{len(rows)} photos of the run: test {len(test)}, val {len(val)}, train {len(keep)}"
             + (" (sampled)" if len(keep) < len(train) else ""))
     paths = ds.paths("test") + (ds.paths("val") if not ds.test_is_val else []) + [ds.paths("train")[i] for i in keep]
-    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test), paths=paths)
+    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test), rows=rows, paths=paths)
 
 
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
-                 dest: Path | None = None, calibration=None, evalset: EvalSet | None = None) -> dict:
+                 dest: Path | None = None, calibration=None, evalset: EvalSet | None = None,
+                 min_score: float | None = None) -> dict:
     """Convert a run's model.keras to each mode, with parity on the run's photos. The models go into the
     run (and report.json is updated), or into ``dest`` (with labels.txt; the run is only read).
-    ``calibration``, ``evalset`` (with ``p_keras``): made beforehand (by every worker of a distributed run)."""
+    ``calibration``, ``evalset`` (with ``p_keras``): made beforehand (by every worker of a distributed run).
+    ``min_score``: the score below which the models answer "unknown" (written into both metadata forms);
+    None: ``--min-score``, else the threshold the run recorded (report.json ``unknown``), else none."""
     from toolchain.core import data as data_mod
 
     run = Path(run)
@@ -441,6 +448,16 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     summary["calibration"] = {"source": calib_desc, "n": 0 if calib is None else len(calib)}
     if not prepared:
         evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
+    calibrated = None
+    if min_score is None:
+        min_score = cfg.min_score or None
+    if min_score is None and UNKNOWN_LABEL in labels and evalset.rows is not None:
+        from toolchain.core import diagnose  # --unknown: the threshold from the held-out unknown photos
+
+        calibrated = diagnose.calibrate_min_score(ds, evalset)
+        min_score = calibrated["min_score"] or None
+        ui.info(f"unknown: models answer '{UNKNOWN_LABEL}' below a score of {min_score or 0:g} (calibrated on "
+                f"{calibrated['val_unknown']} held-out unknown photos)")
     results = {}
     for mode in modes:
         ui.info(f"converting to {mode} ...")
@@ -449,7 +466,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs",
-                        consumers=cfg.consumers)
+                        min_score=min_score, consumers=cfg.consumers)
         results[mode] = r
         ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
@@ -462,5 +479,9 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     rep = runfolder.read_report(run)
     tfl = dict(rep.get("tflite") or {})
     tfl.update(results)
-    runfolder.update_report(run, tflite=tfl)
+    # the photos some model gets wrong (thumbnails under plots/), on the parity set just measured
+    from toolchain.core import diagnose
+
+    extra = diagnose.after_parity(ds, evalset, run, min_score, calibrated) if evalset.rows is not None else {}
+    runfolder.update_report(run, tflite=tfl, **extra)
     return results

@@ -209,6 +209,111 @@ def _check_classes(classes, where: Path):
             raise EdgetlError(f"class folder {where / c} is empty", hint="add photos to it or remove it")
 
 
+# ---------------------------------------------------------------- photos of none of the classes (--unknown)
+
+
+def relpath(path, data_dir) -> str:
+    """How split.json names a photo: relative to the data folder, or absolute for a photo outside it (the
+    --unknown folder's, recorded as split.json's ``unknown_dir``)."""
+    p, d = Path(path), Path(data_dir)
+    try:
+        return str(p.relative_to(d))
+    except ValueError:
+        return str(p)
+
+
+def check_unknown(unknown, data_dir, classes=None) -> list:
+    """The --unknown folder's photo files (recursively), after checking what needs no TensorFlow: a folder,
+    outside the data folder (and not holding it), with photos, and no class folder already named
+    ``unknown`` (the label its photos get)."""
+    from edge_runtime.classifier import UNKNOWN_LABEL
+
+    u, d = Path(unknown), Path(data_dir)
+    hint = "pass --unknown DIR: a folder of photos that show none of the classes (background, other objects)"
+    if not u.is_dir():
+        raise EdgetlError(f"--unknown {printable(u)}: {'not found' if not u.exists() else 'not a folder'}", hint=hint)
+    ur, dr = u.resolve(), d.resolve()
+    if ur == dr or dr in ur.parents or ur in dr.parents:
+        raise EdgetlError(f"--unknown {printable(u)} overlaps the data folder {printable(d)}",
+                          hint="keep the photos of other things in a folder of their own, beside the data folder "
+                               "(a folder inside it would be read as a class)")
+    if classes is None:
+        _, classes, _ = scan(d, warn=False)
+    if any(c.casefold() == UNKNOWN_LABEL for c in classes):
+        raise EdgetlError(f"{printable(d)} already has a class folder named '{UNKNOWN_LABEL}', the label --unknown "
+                          "gives its photos", hint="rename that folder, or move its photos into the --unknown folder")
+    files = list(preprocess.iter_image_files(u))
+    if not files:
+        raise EdgetlError(f"--unknown {printable(u)} holds no photos", hint=hint)
+    return files
+
+
+def with_unknown(classes: list, groups: dict, cfg, skipped: list | None = None) -> tuple:
+    """``(classes, groups)`` of a scanned data folder with the --unknown photos added as one more class,
+    ``unknown`` (the last label): with the other photos when edgetl splits them (one seeded, stratified
+    split), else split here with the same fractions into the given splits (into val when there is no test/)."""
+    if not getattr(cfg, "unknown", ""):
+        return classes, groups
+    from edge_runtime.classifier import UNKNOWN_LABEL
+
+    u = Path(cfg.unknown).resolve()
+    label = len(classes)
+    items = [(p, label) for p in preprocess.iter_image_files(u, skipped)]
+    groups = {g: list(v) for g, v in groups.items()}
+    if "all" in groups:
+        groups["all"] += items
+    else:
+        fr = (list(cfg.split) + [0.0])[:3]
+        if "test" not in groups:
+            fr = [fr[0], fr[1] + fr[2]]
+        elif fr[2] == 0:
+            fr = [0.8, 0.1, 0.1]
+        parts = stratified_split([(str(p), 0) for p, _ in items], 1, fr, cfg.seed)
+        if "error" in parts:
+            raise EdgetlError(f"--unknown {printable(u)} has {len(items)} photo(s); splitting them into "
+                              f"{', '.join(s for s in SPLITS if s in groups)} needs at least {parts['need']}",
+                              hint="add photos of other things to it (a few dozen at least)")
+        by_key = {str(p): p for p, _ in items}
+        for s, got in parts.items():
+            groups[s] += [(by_key[k], label) for k, _ in got]
+    return list(classes) + [UNKNOWN_LABEL], groups
+
+
+# ---------------------------------------------------------------- near-duplicates kept in one split
+
+
+def keep_groups_together(ds: Dataset, groups: list) -> list:
+    """Move photos so that each group of near-duplicates (lists of cache rows) lies in one split: the split
+    that holds most of the group (ties: train, then val), as long as every class keeps a photo in every
+    split. Only for a split edgetl made (layout ``folders``); a given split is left as it is. Returns the
+    moves, [(relpath, from split, to split)]."""
+    if ds.layout != "folders":
+        return []
+    where = {r: (s, i) for s, items in ds.files.items() for i, (_, _, r) in enumerate(items)}
+    order = [s for s in ("train", "val", "test") if s in ds.files]
+    moves = []
+    for g in groups:
+        splits = [where[r][0] for r in g if r in where]
+        if len(set(splits)) < 2:
+            continue
+        target = max(order, key=lambda s: (splits.count(s), -order.index(s)))
+        for r in g:
+            s, _ = where.get(r, (target, None))
+            if s == target:
+                continue
+            entry = next(e for e in ds.files[s] if e[2] == r)
+            left = [e for e in ds.files[s] if e[1] == entry[1] and e is not entry]
+            if not left:  # the last photo of its class in that split: it stays
+                continue
+            ds.files[s].remove(entry)
+            ds.files[target].append(entry)
+            where[r] = (target, None)
+            moves.append((entry[0], s, target))
+    for s in ds.files:
+        ds.files[s].sort(key=lambda f: (f[1], f[0]))
+    return moves
+
+
 # ---------------------------------------------------------------- splitting
 
 
@@ -311,6 +416,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     run_dir = Path(run_dir)
     not_read = []  # not regular files, unreadable folders: never opened, listed with the skipped files
     layout, classes, groups = scan(data_dir, not_read, warn=False)  # the CLI's precheck said what is ignored
+    classes, groups = with_unknown(classes, groups, cfg, not_read)
     all_files = [(p, lab, g) for g, items in groups.items() for p, lab in items]
     n = len(all_files)
     cache_dir = run_dir / "cache"
@@ -319,12 +425,12 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     tmp = cache_dir / "images.u8.tmp"
     images = create_cache(tmp, (max(n, 1), size, size, 3))
     ok_rows, hashes = {}, {}
-    skipped = [{"path": os.path.relpath(s["path"], data_dir), "reason": s["reason"]} for s in not_read]
+    skipped = [{"path": relpath(s["path"], data_dir), "reason": s["reason"]} for s in not_read]
     row = 0
     with ui.Progress(n, "decoding photos") as bar, ThreadPoolExecutor(decode_workers()) as pool:
         results = pool.map(lambda f: read_one(f[0], size, cfg.resize), all_files, chunksize=8)
         for (path, label, group), (px, digest, reason) in zip(all_files, results):
-            rel = str(path.relative_to(data_dir))
+            rel = relpath(path, data_dir)
             if reason is not None:
                 skipped.append({"path": rel, "reason": reason})
             else:
@@ -434,7 +540,8 @@ def warn_quality(ds: Dataset, hashes: dict):
             ui.info("  " + "  ==  ".join(f"{rel} ({s})" for s, rel in group))
 
 
-def write_split(ds: Dataset, run_dir: Path, cfg):
+def write_split(ds: Dataset, run_dir: Path, cfg, index: bool = True):
+    """split.json (and, with ``index``, the cache's index.json and labels.txt)."""
     doc = {
         "data_dir": str(ds.data_dir),
         "layout": ds.layout,
@@ -449,7 +556,11 @@ def write_split(ds: Dataset, run_dir: Path, cfg):
         "notes": ds.notes,
         "sha256": ds.hashes,  # what each photo was when decoded: a later re-decode says what changed
     }
+    if getattr(cfg, "unknown", ""):
+        doc["unknown_dir"] = str(Path(cfg.unknown).resolve())  # its photos are listed by absolute path
     runfolder.write_json(run_dir / "split.json", doc)
+    if not index:
+        return
     rows = {rel: r for items in ds.files.values() for rel, _, r in items}
     runfolder.write_json(run_dir / "cache" / "index.json",
                          {"image_size": ds.image_size, "resize": ds.resize, "rows": rows})

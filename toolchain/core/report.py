@@ -12,6 +12,7 @@ from pathlib import Path
 from toolchain.rundir import runfolder
 from toolchain import ui
 from toolchain.core import metrics
+from toolchain.core import diagnose
 from toolchain.core.data import printable
 
 
@@ -434,6 +435,7 @@ def write(run: Path, rep: dict, name: str | None = None):
             if (run / "plots" / f"confusion_{mode}.png").is_file():
                 lines.append(f"![confusion {mode}](plots/confusion_{mode}.png)")
         lines.append("")
+    lines += diagnose.report_lines(rep)  # misclassified photos, label issues, near-duplicates, unknown
     timing = rep.get("timing") or {}
     if timing.get("steps"):
         lines += ["## Time", "", "Wall time of each command run on this folder; the total is their sum.", "",

@@ -151,9 +151,12 @@ def _best(history: dict) -> dict:
     return {"best_epoch": i + 1, "val_loss": float(vl[i]), "val_accuracy": float(history["val_accuracy"][i])}
 
 
-def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None):
+def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None, features_hook=None):
     """Build the model (on ``base`` if given) and train its head on cached features. ``info``: what the
-    saved stage-1 model carries about itself (labels, size, resize policy).
+    saved stage-1 model carries about itself (labels, size, resize policy). ``features_hook(rows,
+    features, seconds)``, if given, sees the features of every photo (test split included; ``seconds``: the
+    time spent on the test split's, which only it needs) before the head is trained, and may move photos
+    between splits (``ds.files``).
     Returns (model, report_section, history, weights_info)."""
     modeling.import_keras()
     t0 = time.perf_counter()
@@ -168,8 +171,18 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
         weights_info["note"] = (f"random initialisation; BatchNorm statistics set from {len(pick)} training photos "
                                 "(otherwise a random base gives constant features)")
     rows_va, y_va = ds.rows("val"), ds.labels("val")
-    feats = extract_features(extractor, ds.images, np.concatenate([rows_tr, rows_va]), "base features")
-    f_tr, f_va = feats[: len(rows_tr)], feats[len(rows_tr) :]
+    rows_te = ds.rows("test") if features_hook is not None and not ds.test_is_val else np.zeros(0, np.int64)
+    rows = np.concatenate([rows_tr, rows_va, rows_te])
+    n_fit = len(rows_tr) + len(rows_va)
+    feats = extract_features(extractor, ds.images, rows[:n_fit], "base features")
+    if features_hook is not None:  # the diagnostics (diagnose.py): they may regroup photos between splits
+        t_te = time.perf_counter()  # the test split's features serve the diagnostics alone: timed as theirs
+        if len(rows_te):
+            feats = np.concatenate([feats, extract_features(extractor, ds.images, rows_te, "test features")])
+        features_hook(rows, feats, time.perf_counter() - t_te)
+        rows_tr, y_tr, rows_va, y_va = ds.rows("train"), ds.labels("train"), ds.rows("val"), ds.labels("val")
+    pos = {int(r): i for i, r in enumerate(rows)}
+    f_tr, f_va = feats[[pos[int(r)] for r in rows_tr]], feats[[pos[int(r)] for r in rows_va]]
     if cfg.augment:
         f_aug, y_aug = augmented_features(extractor, ds.images, rows_tr, y_tr, cfg)
         f_tr, y_tr = np.concatenate([f_tr, f_aug]), np.concatenate([y_tr, y_aug])

@@ -270,6 +270,21 @@ def _relpath(v, path):
         raise Bad(path, f"must be a path inside the data folder, not {shown(v)}")
 
 
+def _relpath_or_under(unknown_dir):
+    """A photo's path inside the data folder, or (a run made with --unknown) an absolute path inside
+    split.json's ``unknown_dir``."""
+    base = Path(unknown_dir) if isinstance(unknown_dir, str) and Path(unknown_dir).is_absolute() else None
+
+    def check(v, path):
+        if base is not None and isinstance(v, str) and Path(v).is_absolute():
+            p = Path(v)
+            if "\0" in v or ".." in p.parts or base not in p.parents:
+                raise Bad(path, f"must be a path inside the data folder or the unknown folder, not {shown(v)}")
+            return
+        _relpath(v, path)
+    return check
+
+
 def split_shape(doc):
     """The shape of split.json (labels must index ``classes``, so the shape depends on the document)."""
     from edge_runtime.preprocess import RESIZE_POLICIES
@@ -277,7 +292,8 @@ def split_shape(doc):
     from toolchain.cfg.config import IMAGE_SIZES
 
     n = len(doc["classes"]) if isinstance(doc, dict) and isinstance(doc.get("classes"), list) else 0
-    entry = pair(_relpath, integer(0, max(n - 1, 0)))
+    entry = pair(_relpath_or_under(doc.get("unknown_dir") if isinstance(doc, dict) else None),
+                 integer(0, max(n - 1, 0)))
     shape = obj({
         "data_dir": text(nonempty=True, what="the path of the data folder"),
         "layout": choice("folders", "splits"),
@@ -291,6 +307,7 @@ def split_shape(doc):
         "skipped": list_of(obj({"path": text(), "reason": text()}, required=("path", "reason"))),
         "notes": list_of(text()),
         "sha256": dict_of(text(pattern="[0-9a-f]{64}", what="a SHA-256 (64 hex digits)")),
+        "unknown_dir": text(nonempty=True, what="the path of the --unknown folder"),
     }, required=("data_dir", "layout", "classes", "image_size", "resize", "files"))
 
     def check(v, path):

@@ -1,0 +1,157 @@
+"""Know your data (toolchain/core/diagnose.py): one real build of photos with two mislabelled ones, a
+re-encoded copy and a folder of other things (--unknown), then what report.json, report.md, the models'
+metadata and `edgetl predict` say about them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HAVE_TF, TINY_FLAGS, assert_user_error, colour_image, run_cli, write_dataset
+
+
+def test_bad_unknown_folder_is_refused_before_tensorflow(tmp_path):
+    data = write_dataset(tmp_path / "photos", per_class=4)
+    (tmp_path / "empty").mkdir()
+    for bad, phrase in ((tmp_path / "nothere", "not found"), (data / "red", "overlaps the data folder"),
+                        (tmp_path / "empty", "holds no photos")):
+        r = run_cli("build", data, "--unknown", bad, "--out", tmp_path / "run", block_tf=True, timeout=60)
+        assert_user_error(r, phrase)
+    write_dataset(data, classes=("Unknown",), per_class=2)  # a class of the data folder named like the label
+    write_dataset(tmp_path / "o", classes=("x",), per_class=2)
+    r = run_cli("train", data, "--unknown", tmp_path / "o", "--out", tmp_path / "run", block_tf=True, timeout=60)
+    assert_user_error(r, "already has a class folder named 'unknown'")
+    assert not (tmp_path / "run").exists()
+
+
+def _photos(root: Path) -> tuple:
+    from PIL import Image
+
+    data = write_dataset(root / "photos", per_class=15)
+    for i in range(2):  # red photos filed as blue
+        Image.fromarray(colour_image("red", np.random.default_rng([99, i]))).save(data / "blue" / f"wrong_{i}.jpg")
+    Image.open(data / "green" / "green_00.jpg").save(data / "green" / "green_00_copy.png")  # re-encoded copy
+    other = root / "other"
+    other.mkdir()
+    for i in range(20):  # grey scenes: none of the classes
+        rng = np.random.default_rng([7, i])
+        px = np.clip(rng.integers(60, 200) + rng.normal(0, 25, (72, 96, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(px).save(other / f"other_{i:02d}.jpg")
+    return data, other
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow (pip install '.[train]')")
+    root = tmp_path_factory.mktemp("knowdata")
+    data, other = _photos(root)
+    run = root / "run"
+    r = run_cli("build", data, "--out", run, "--unknown", other, *TINY_FLAGS, "--quantize", "float32",
+                "--min-agreement", "0.85", "--max-drop", "15")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, data, other, json.loads((run / "report.json").read_text())
+
+
+def test_near_duplicates_are_regrouped_into_one_split(known):
+    run, _, _, rep = known
+    pairs = rep["data"]["near_duplicates"]
+    pair = next(p for p in pairs if {p["a"], p["b"]} == {"green/green_00.jpg", "green/green_00_copy.png"})
+    assert pair["similarity"] > 0.99
+    split = json.loads((run / "split.json").read_text())
+    where = {rel: s for s, items in split["files"].items() for rel, _ in items}
+    assert where["green/green_00.jpg"] == where["green/green_00_copy.png"]  # a split edgetl made: regrouped
+    assert pair["splits"] == [where["green/green_00.jpg"]] * 2
+    assert len(rep["data"]["regrouped"]) == sum(1 for p in pairs if p.get("moved"))
+    assert "moved between splits" in (run / "report.md").read_text()
+
+
+def test_label_issues_find_the_mislabelled_photos(known):
+    pytest.importorskip("cleanlab")
+    _, data, _, rep = known
+    issues = {e["path"]: e for e in rep["data"]["label_issues"]}
+    for i in range(2):
+        e = issues[f"blue/wrong_{i}.jpg"]
+        assert (e["given"], e["suggested"]) == ("blue", "red")
+        assert e["command"] == f"mv {data / 'blue' / f'wrong_{i}.jpg'} {data / 'red'}/"
+    assert (data / "blue" / "wrong_0.jpg").is_file()  # nothing is moved
+
+
+def test_misclassified_lists_every_wrong_answer_with_thumbnails(known):
+    from edge_runtime import Classifier
+
+    run, data, _, rep = known
+    mis = {e["path"]: e for e in rep["misclassified"]}
+    split = json.loads((run / "split.json").read_text())
+    classes = split["classes"]
+    assert classes[-1] == "unknown"
+    clf = Classifier(run / "model_float32.tflite", warn=False)
+    checked = 0
+    for s in ("test", "val"):
+        for rel, lab in split["files"][s]:
+            got = clf.classify_path(Path(data, rel), top_k=1)[0].label  # an absolute rel (unknown/) stays absolute
+            if got != classes[lab]:
+                assert "float32" in mis[rel]["models"], rel
+                assert mis[rel]["truth"] == classes[lab]
+            checked += 1
+    assert checked == len(split["files"]["test"]) + len(split["files"]["val"])
+    order = [e["split"] for e in rep["misclassified"]]
+    assert order == sorted(order, key=["test", "val", "train"].index)  # test split first
+    md = (run / "report.md").read_text()
+    assert rep["misclassified"], "the mislabelled photos are answered wrong at least"
+    for e in list(mis.values()) + rep["data"]["label_issues"]:
+        if e.get("thumbnail"):
+            assert (run / e["thumbnail"]).is_file() and f"]({e['thumbnail']})" in md
+    assert "## Misclassified photos" in md and "→" in md
+
+
+def test_unknown_photos_are_answered_unknown(known):
+    from edge_runtime import metadata
+
+    run, _, other, rep = known
+    u = rep["unknown"]
+    assert u["source"] == "calibrated" and u["val_unknown"] >= 1
+    rows = u["models"]["float32"]
+    assert rows["best class"]["false_accept_rate"] == 1.0  # without the unknown class every such photo is a class
+    assert rows["unknown class"]["false_accept_rate"] <= 0.5
+    if u["min_score"]:  # the threshold is in both metadata forms, where MediaPipe and the Task Library read it
+        std = metadata.read_standard(run / "model_float32.tflite")
+        assert std["outputs"][0]["score_threshold"] == pytest.approx(u["min_score"], abs=1e-6)
+        assert metadata.read(run / "model_float32.tflite")["min_score"] == pytest.approx(u["min_score"])
+    r = run_cli("predict", run, other, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    labels = [json.loads(line)["label"] for line in r.stdout.splitlines()]
+    assert len(labels) == 20 and labels.count("unknown") >= 16
+    assert "## Unknown photos" in (run / "report.md").read_text()
+    from PIL import Image
+    from test_camera import write_video
+
+    frames = [np.ascontiguousarray(np.asarray(Image.open(p))[:, :, ::-1]) for p in sorted(other.iterdir())[:8]]
+    clip = write_video(run.parent / "other.avi", frames)
+    r = run_cli("camera", run, "--source", clip, "--headless", "--max-frames", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = [json.loads(line)["label"] for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(said) == 8 and said.count("unknown") >= 6  # the JSON lines (and the overlay) say unknown
+
+
+def test_min_score_by_hand_is_written_and_applied(known, tmp_path):
+    from edge_runtime import Classifier, metadata
+
+    run, data, _, _ = known
+    out = tmp_path / "models"
+    r = run_cli("quantize", run, "--quantize", "float32", "--min-score", "0.97", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = out / "model_float32.tflite"
+    assert metadata.read_standard(model)["outputs"][0]["score_threshold"] == pytest.approx(0.97)
+    clf = Classifier(model, warn=False)
+    assert clf.min_score == pytest.approx(0.97) and "edgetl metadata" in clf.sources["min_score"]
+    photos = sorted((data / "red").iterdir())[:6]
+    plain = Classifier(model, warn=False, min_score=0)
+    for p in photos:
+        best = plain.classify_path(p, top_k=1)[0]
+        got = clf.classify_path(p, top_k=1)[0]
+        assert got.label == (best.label if best.score >= np.float32(0.97) else "unknown")
+    r = run_cli("build", data, "--min-score", "1.5", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "min-score 1.5" in r.stderr
