@@ -35,55 +35,151 @@ from toolchain import ui
 from toolchain.core.quiet import silenced
 
 
-def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
-            log_path: Path | None = None, per_channel: bool = True) -> bytes:
-    """TFLite flatbuffer bytes of ``model`` in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3).
-    ``per_channel=False`` quantizes int8 weights per tensor instead of per output channel."""
-    tf = modeling.import_keras()[0]
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if mode == "int8":
-        if calibration is None or len(calibration) == 0:
+CALIBRATION_BATCH = 25  # photos per calibration step: several at once is faster, and the ranges are the same
+
+
+class Exported:
+    """A Keras model traced once, its weights frozen into constants: every mode converts from this one
+    graph (``TFLiteConverter.from_keras_model`` writes and reloads a SavedModel for every conversion), and
+    int8 is calibrated on the float32 conversion, as the converter does inside (calibration, then the MLIR
+    quantizer), so the float32 model is converted once for both. The calibration statistics are kept:
+    another int8 recipe on the same photos quantizes again without calibrating again (per-tensor weights),
+    or calibrates only the photos it adds (mirrored views), since the statistics are minimum and maximum
+    over every photo seen. The weights are those of the model when it was traced."""
+
+    def __init__(self, model, log_path: Path | None = None):
+        tf = modeling.import_keras()[0]
+        from tensorflow.python.framework import convert_to_constants
+
+        shape = tuple(model.inputs[0].shape[1:])
+        spec = tf.TensorSpec((None,) + shape, tf.float32, name="image")
+        try:
+            with silenced(log_path):
+                fn = tf.function(lambda x: model(x, training=False))
+                self.graph = convert_to_constants.convert_variables_to_constants_v2(fn.get_concrete_function(spec))
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgetlError(f"TFLite conversion failed: the Keras model could not be traced ({msg[:300]})",
+                              hint=f"see {log_path}" if log_path else "run again with a supported model") from None
+        self._flat = {}
+        self._calibration = None  # (key, calibrator, {flips: calibrated flatbuffer})
+
+    def _converter(self):
+        tf = modeling.import_keras()[0]
+        return tf, tf.lite.TFLiteConverter.from_concrete_functions([self.graph])
+
+    def tflite(self, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
+               log_path: Path | None = None, per_channel: bool = True, flips: bool = False) -> bytes:
+        """The flatbuffer in ``mode``; int8: calibrated on ``calibration`` (uint8 tensors (N, S, S, 3)), plus
+        their mirrored views with ``flips``, weights per output channel unless ``per_channel`` is False."""
+        if mode not in ("int8", "float16", "dynamic", "float32"):
+            raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
+        if mode == "int8" and (calibration is None or len(calibration) == 0):
             raise EdgetlError("int8 conversion needs calibration photos, and the calibration set is empty",
                               hint="pass --calibration DIR with photos like the ones the model will see")
-        lo, hi = value_range
-        a = np.float32((hi - lo) / 255.0)
+        label = f"  converting {mode}" + ("" if per_channel or mode != "int8" else " (per-tensor)")
+        try:
+            with silenced(log_path, heartbeat=label):  # the converter is silent for up to a minute: say it is alive
+                if mode != "int8":
+                    return self._plain(mode)
+                return self._int8(calibration, io, value_range, per_channel, flips)
+        except EdgetlError:
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
+                              hint=f"see {log_path}" if log_path else "run again with a supported model") from None
 
-        def representative():
-            for i, t in enumerate(calibration):
-                x = np.array(t, np.float32)[None]
-                if i == 0:
-                    # The input's quantization comes from the range seen in calibration: show it the whole
-                    # pixel range (one black, one white pixel), so it is exactly raw pixels (scale 1,
-                    # zero point 0) and a bright photo on the device is never clipped.
-                    x[0, 0, 0, :] = 0.0
-                    x[0, 0, 1, :] = 255.0
-                if (lo, hi) != (0.0, 255.0):
-                    x = x * a + np.float32(lo)
-                yield [x]
+    def _plain(self, mode: str) -> bytes:
+        if mode not in self._flat:
+            tf, conv = self._converter()
+            if mode in ("float16", "dynamic"):
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            if mode == "float16":
+                conv.target_spec.supported_types = [tf.float16]
+            self._flat[mode] = with_serving_signature(bytes(conv.convert()))
+        return self._flat[mode]
 
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    def _int8(self, calibration, io, value_range, per_channel: bool, flips: bool) -> bytes:
+        from tensorflow.lite.python import convert as tfl_convert
+        from tensorflow.lite.python.optimize import calibrator as tfl_calibrator
+
+        tf = modeling.import_keras()[0]
+        key = (id(calibration), len(calibration), tuple(value_range))
+        if self._calibration is None or self._calibration[0] != key:
+            cal = tfl_calibrator.Calibrator(tfl_calibrator.add_intermediate_tensors(self._plain("float32")))
+            self._calibration = (key, cal, {False: cal.calibrate(_batches(calibration, value_range, False))})
+        _, cal, done = self._calibration
+        if flips and True not in done:  # statistics so far plus the mirrored views: calibrating on both
+            done[True] = cal.calibrate(_batches(calibration, value_range, True))
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io]
-        conv.inference_input_type = io_type
-        conv.inference_output_type = io_type
-        if not per_channel:
-            conv._experimental_disable_per_channel = True
-    elif mode == "float16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode != "float32":
-        raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
-    label = f"  converting {mode}" + ("" if per_channel or mode != "int8" else " (per-tensor)")
-    try:
-        with silenced(log_path, heartbeat=label):  # the converter is silent for up to a minute: say it is alive
-            return bytes(conv.convert())
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
-                          hint=f"see {log_path}" if log_path else "run again with a supported model") from None
+        return bytes(tfl_convert.mlir_quantize(done[flips], not per_channel, input_data_type=io_type,
+                                               output_data_type=io_type))
+
+
+def _batches(calibration, value_range, mirrored: bool):
+    """The calibration photos as float batches of CALIBRATION_BATCH (the last filled up with the first
+    photos again: the same minimum and maximum), the model's input range. ``mirrored``: their mirrored views.
+    The input's quantization comes from the range seen in calibration: the first photo shows it the whole
+    pixel range (one black, one white pixel), so it is exactly raw pixels (scale 1, zero point 0) and a
+    bright photo on the device is never clipped."""
+    lo, hi = value_range
+    a = np.float32((hi - lo) / 255.0)
+    n = len(calibration)
+    b = min(CALIBRATION_BATCH, n)
+
+    def gen():
+        for s in range(0, n, b):
+            idx = np.arange(s, s + b) % n if s + b > n else np.arange(s, s + b)
+            x = np.asarray(calibration[idx], np.float32)
+            if mirrored:
+                x = np.ascontiguousarray(x[:, :, ::-1])
+            elif s == 0:
+                x[0, 0, 0, :] = 0.0
+                x[0, 0, 1, :] = 255.0
+            if (lo, hi) != (0.0, 255.0):
+                x = x * a + np.float32(lo)
+            yield [x]
+
+    return gen
+
+
+def with_serving_signature(flat: bytes) -> bytes:
+    """``flat`` (converted from a traced function, which gives no signature) with the signature and tensor
+    names a conversion through a SavedModel gives: ``serving_default``, input ``image``, output
+    ``output_0`` (for the interpreters' signature runners)."""
+    from edge_runtime import metadata as md
+
+    s = md.schema()
+    m = s.ModelT.InitFromPackedBuf(bytearray(flat), 0)
+    if m.signatureDefs or len(m.subgraphs) != 1:
+        return flat
+    g = m.subgraphs[0]
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        return flat
+    g.tensors[g.inputs[0]].name = b"serving_default_image:0"
+    g.tensors[g.outputs[0]].name = b"StatefulPartitionedCall_1:0"
+    sig = s.SignatureDefT()
+    sig.signatureKey = b"serving_default"
+    sig.subgraphIndex = 0
+    sig.inputs, sig.outputs = [s.TensorMapT()], [s.TensorMapT()]
+    sig.inputs[0].name, sig.inputs[0].tensorIndex = b"image", g.inputs[0]
+    sig.outputs[0].name, sig.outputs[0].tensorIndex = b"output_0", g.outputs[0]
+    m.signatureDefs = [sig]
+    return md.pack_model(m, len(flat))
+
+
+def exported(model, log_path: Path | None = None) -> Exported:
+    """``model`` traced and frozen (an Exported stays as it is)."""
+    return model if isinstance(model, Exported) else Exported(model, log_path)
+
+
+def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
+            log_path: Path | None = None, per_channel: bool = True) -> bytes:
+    """TFLite flatbuffer bytes of ``model`` (a Keras model, or its Exported form when it is converted more
+    than once) in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3). ``per_channel=False`` quantizes
+    int8 weights per tensor instead of per output channel."""
+    return exported(model, log_path).tflite(mode, calibration, io, value_range, log_path, per_channel)
 
 
 def check_full_integer(path: Path, trusted: bool = True):
