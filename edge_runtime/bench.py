@@ -27,14 +27,15 @@ from .timing import (  # noqa: F401 (public here too: bench.time_calls, bench.av
 
 
 def bench(model, threads=(1, 2), runs: int = 200, warmup: int = 20, frame: np.ndarray | None = None,
-          backend: str | None = None, labels=None, input_range=None) -> dict:
+          backend: str | None = None, labels=None, input_range=None, output=None) -> dict:
     from .classifier import Classifier
 
     frame = test_frame() if frame is None else frame
     results = []
     clf = None
     for t in threads:
-        clf = Classifier(model, num_threads=t, backend=backend, labels=labels, input_range=input_range, warn=False)
+        clf = Classifier(model, num_threads=t, backend=backend, labels=labels, input_range=input_range, warn=False,
+                         output=output)
         tensor = clf.prepare(frame, bgr=True)[None]
         interp, i_in, i_out = clf._interp, clf._in_index, clf._out_index
 

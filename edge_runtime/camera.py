@@ -236,7 +236,7 @@ def _loop(classifier, source, headless, max_frames, smooth, top_k, out, window, 
                 out.write(json.dumps({
                     "frame": summary.frames - 1,
                     "label": preds[0].label,
-                    "score": round(preds[0].score, 5),
+                    "score": round(preds[0].score, 6),  # as every score edgetl prints in JSON
                     "top_k": [p.as_dict() for p in preds],
                     "latency_ms": round((t1 - t0) * 1000.0, 3),
                     "fps": round(fps, 2),

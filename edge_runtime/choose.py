@@ -237,15 +237,9 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
     thr = sorted(set(int(t) for t in threads)) if threads else default_threads(dev["cores"])
     key = device_key({"device": dev, "models": {c.mode: c.sha256 for c in passing}, "threads": thr})
     if use_cache and not remeasure:
-        hit = _load_cache().get("choices", {}).get(key)
-        if isinstance(hit, dict) and Path(str(hit.get("path", ""))).name in {c.path.name for c in passing}:
-            try:
-                ch = Choice(**{k: hit[k] for k in Choice.__dataclass_fields__ if k in hit})
-                ch.path = str(run / Path(ch.path).name)  # the run may have moved since
-                ch.cached = True
-                return ch
-            except (TypeError, KeyError):
-                pass
+        ch = _cached(run, key, passing)
+        if ch is not None:
+            return ch
     if on_measure is not None:
         on_measure()
     ranking = measure([(c.mode, c.path) for c in passing], thr, runs=runs, warmup=warmup, frame=frame,
@@ -262,6 +256,32 @@ def choose(run, threads=None, backend=None, runs: int = 60, warmup: int = 10, re
     return ch
 
 
+def _cached(run: Path, key: str, passing: list) -> Choice | None:
+    hit = _load_cache().get("choices", {}).get(key)
+    if isinstance(hit, dict) and Path(str(hit.get("path", ""))).name in {c.path.name for c in passing}:
+        try:
+            ch = Choice(**{k: hit[k] for k in Choice.__dataclass_fields__ if k in hit})
+            ch.path = str(run / Path(ch.path).name)  # the run may have moved since
+            ch.cached = True
+            return ch
+        except (TypeError, KeyError):
+            pass
+    return None
+
+
+def remembered(run) -> Choice | None:
+    """The choice ``choose`` would take from the cache for this device (default thread counts), without
+    measuring anything: None when it was never measured here (or no model passed)."""
+    run = Path(run)
+    passing = [c for c in candidates(run) if c.passed]
+    if not passing:
+        return None
+    dev = device()
+    key = device_key({"device": dev, "models": {c.mode: c.sha256 for c in passing},
+                      "threads": default_threads(dev["cores"])})
+    return _cached(run, key, passing)
+
+
 def describe(ch: Choice) -> str:
     """One line for the user: which model, why, and how it compares."""
     others = {}
@@ -273,19 +293,35 @@ def describe(ch: Choice) -> str:
             f"device ({ch.p50_ms:.2f} ms{'; ' + rest if rest else ''}; {how}; --mode forces another)")
 
 
+@dataclass
+class Picked:
+    """The model a caller runs, and why: ``why`` is one sentence (``describe`` for the device's choice)."""
+    path: Path
+    threads: int | None
+    mode: str | None = None  # the run's mode; None for a .tflite file given as it is
+    why: str = "given as a file"
+
+
 def resolve(model, mode: str | None = None, threads: int | None = None, backend=None, say=None, *,
             classifier_class):
-    """(model path, thread count) for a .tflite file or a run folder. For a run: ``mode`` if given (a model
-    whose gate failed, or whose bytes are not those that passed, gets a warning), else the choice for this
-    device (measured now, through ``classifier_class``, if it never was). ``say``: where the one-line
-    explanation and the warnings go (e.g. a function printing to stderr); without it, warnings are Python
-    warnings."""
+    """(model path, thread count) for a .tflite file or a run folder (``pick`` says why)."""
+    p = pick(model, mode=mode, threads=threads, backend=backend, say=say, classifier_class=classifier_class)
+    return p.path, p.threads
+
+
+def pick(model, mode: str | None = None, threads: int | None = None, backend=None, say=None, *,
+         classifier_class) -> Picked:
+    """The model to run for a .tflite file or a run folder, its thread count and why. For a run: ``mode``
+    if given (a model whose gate failed, or whose bytes are not those that passed, gets a warning), else the
+    choice for this device (measured now, through ``classifier_class``, if it never was). ``say``: where
+    the one-line explanation ("using model_int8.tflite ...", in both cases) and the warnings go (e.g. a
+    function printing to stderr); without it, warnings are Python warnings."""
     p = Path(model)
     if not p.is_dir():
         if mode:
             raise EdgetlError("--mode chooses among a run's models; MODEL is a single .tflite file",
                               hint="pass the run folder with --mode, or drop --mode")
-        return p, threads
+        return Picked(p, threads)
     if not is_run_folder(p):
         raise EdgetlError(f"{p} is a folder but not an edgetl run with TFLite models",
                           hint="pass a .tflite model, or a run folder made by `edgetl build`")
@@ -299,16 +335,28 @@ def resolve(model, mode: str | None = None, threads: int | None = None, backend=
 
     if mode:
         c = pick_mode(p, mode)
+        at = f" at {threads} thread(s)" if threads is not None else ""
+        forced = f"--mode {mode}" if say else f"mode={mode!r}"  # the command line's words, or the API's
         if c.modified:
             warn(f"{c.reason}; using it because --mode says so")
-        elif not c.passed and say:
-            say(f"warning: {c.path.name} did not pass its parity gate ({c.reason}); using it because --mode says so")
-        return c.path, threads
+            why = f"forced by {forced}; its bytes are not those that passed parity"
+        elif not c.passed:
+            if say:
+                say(f"warning: {c.path.name} did not pass its parity gate ({c.reason}); using it because --mode "
+                    "says so")
+            why = f"forced by {forced}; it did not pass its parity gate ({c.reason})"
+        else:
+            why = f"forced by {forced}; it passed its parity gate"
+        if say:
+            say(f"using {c.path.name}{at}: {why}")
+        return Picked(c.path, threads, c.mode, why)
     for c in candidates(p):
         if c.modified:
             warn(f"{c.reason}: left out of the choice")
     ch = choose(p, backend=backend, classifier_class=classifier_class, on_measure=say and (lambda: say(
         f"measuring the models of {p} on this device (once; `edgetl bench {p}` shows the figures) ...")))
+    line = describe(ch)
     if say:
-        say(describe(ch))
-    return Path(ch.path), threads if threads is not None else ch.threads
+        say(line)
+    why = (line.split(": ", 1)[1] if ": " in line else line).replace("; --mode forces another", "")
+    return Picked(Path(ch.path), threads if threads is not None else ch.threads, ch.mode, why)

@@ -11,8 +11,13 @@ trust) the caller's arguments, the model's edgetl metadata, its standard TFLite 
 - resize: ``resize=`` > the edgetl policy > ``squash`` (the whole frame, as MediaPipe fits it); a model
   without edgetl metadata is squashed with MediaPipe's own sampling (``preprocess.fit_like_mediapipe``), an edgetl
   model with the sampling it was trained with (``preprocess.fit``);
-- scores: outputs are dequantized; softmax is applied only when the graph does not end in SOFTMAX or
-  LOGISTIC (possibly followed by DEQUANTIZE/QUANTIZE/RESHAPE), so a sigmoid head keeps its own scale.
+- output: ``output=`` (index or name) > the first score vector whose metadata has labels > the first score
+  vector; a model with several outputs (MediaPipe gives one classification list per head) is read on that
+  one head, and a note says which;
+- scores: outputs are dequantized; a head with ``ScoreCalibrationOptions`` in the standard metadata gets
+  MediaPipe's calibration (``calibration``) and nothing else; otherwise softmax is applied only when the
+  graph does not end in SOFTMAX or LOGISTIC (possibly followed by DEQUANTIZE/QUANTIZE/RESHAPE), so a sigmoid
+  head keeps its own scale.
 A note (and a warning, unless ``warn=False``) is made only when something is missing: no labels
 anywhere, or metadata that was present but unusable.
 For a quantized input whose quantization already maps raw pixels (scale 1, zero point 0 for uint8) the
@@ -89,12 +94,12 @@ class Classifier:
 
     def __init__(self, model, num_threads: int | None = None, labels=None, backend: str | None = None,
                  input_range=None, resize: str | None = None, warn: bool = True, cli: bool = False,
-                 trusted: bool = False):
+                 trusted: bool = False, output=None):
         """Open ``model`` and decide once how to feed it and how to read its scores.
 
         Args:
-            model: path to a .tflite file (edgetl's, or any image classifier with one image input and one
-                score vector output).
+            model: path to a .tflite file (edgetl's, or any image classifier with one image input and at
+                least one score vector output).
             num_threads: interpreter threads; default: the machine's cores (at most 4).
             labels: a label file (path, one label per line) or a list of labels; overrides the labels in
                 the model's metadata. Their number must match the model's outputs.
@@ -112,6 +117,9 @@ class Classifier:
             trusted: skip the crash-safety check of the first load (``model.load``): only for a file
                 edgetl itself has just written. By default a model is first opened in a child process, once
                 per model and device, so a corrupt file cannot crash this process.
+            output: for a model with several outputs, the head to read: its position in the model's outputs
+                (0, 1, ...) or its name (tensor name or standard-metadata name). Default: the first score
+                vector whose metadata gives labels, else the first score vector (a note says which).
         """
         self.model = model_mod.load(model, num_threads=num_threads, backend=backend, trusted=trusted)
         model_mod.check_image_classifier(self.model)
@@ -124,11 +132,16 @@ class Classifier:
         self.input_size = (int(inp.shape[1]), int(inp.shape[2]))
         self.input_dtype = np.dtype(inp.dtype)
         self.channels = int(inp.shape[3])
-        self.num_classes = int(m.output.shape[-1])
         self.notes: list[str] = list(m.metadata_problems)
-        self.sources: dict = {}  # where each decision came from (labels, pixels, resize, scores)
+        self.sources: dict = {}  # where each decision came from (output, labels, pixels, resize, scores)
         label_flag = "--labels FILE" if cli else "labels=[...] (or a label file path)"
         range_flag = "--input-range" if cli else "input_range="
+        self.output_index = self._pick_output(output, "--output" if cli else "output=")
+        out = m.outputs[self.output_index]
+        self.output_name = self._output_names()[self.output_index]
+        std_outs = self.standard.get("outputs") or []
+        std_out = std_outs[self.output_index] if self.output_index < len(std_outs) else {}
+        self.num_classes = int(out.shape[-1])
 
         # labels: explicit > edgetl metadata > standard metadata > indices
         if labels is not None:
@@ -140,12 +153,12 @@ class Classifier:
                     f"{src} has {len(self.labels)} labels but the model {m.path.name} has {self.num_classes} outputs",
                     hint="pass the label file that belongs to this model (one label per line)",
                 )
-        elif self.meta.get("labels"):
+        elif self.meta.get("labels") and self.output_index == 0:  # edgetl's metadata describes output 0
             self.labels = list(self.meta["labels"])
             self.sources["labels"] = "edgetl metadata"
-        elif self.standard.get("labels"):
-            self.labels = list(self.standard["labels"])
-            self.sources["labels"] = f"TFLite metadata ({self.standard.get('labels_file')})"
+        elif std_out.get("labels"):
+            self.labels = list(std_out["labels"])
+            self.sources["labels"] = f"TFLite metadata ({std_out.get('labels_file')})"
         else:
             self.labels = [str(i) for i in range(self.num_classes)]
             self.sources["labels"] = "output indices"
@@ -192,11 +205,19 @@ class Classifier:
             for note in self.notes:
                 warnings.warn(note, MetadataWarning, stacklevel=2)
         self._setup_input()
-        self._softmax = not m.output_is_probabilities()
-        self.sources["scores"] = "softmax applied by the runtime" if self._softmax else (
-            "edgetl metadata: probabilities" if "probabilities" in (self.meta.get("output") or {})
-            else f"the graph ends in {m.output_ends_in()}")
-        out = m.output
+        # scores: MediaPipe's score calibration when the head's standard metadata has one (and then nothing
+        # else, as MediaPipe), else softmax unless the graph (or edgetl's metadata) says they are probabilities
+        self.calibration = std_out.get("calibration")
+        k = self.output_index
+        if self.calibration is not None:
+            self._softmax = False
+            self.sources["scores"] = (f"TFLite metadata ScoreCalibrationOptions ({self.calibration.describe()}), "
+                                      "applied as MediaPipe applies it")
+        else:
+            self._softmax = not m.output_is_probabilities(k)
+            self.sources["scores"] = "softmax applied by the runtime" if self._softmax else (
+                "edgetl metadata: probabilities" if k == 0 and "probabilities" in (self.meta.get("output") or {})
+                else f"the graph ends in {m.output_ends_in(k)}")
         self._out_scale = out.scale if out.quantized else None
         self._out_zp = out.zero_point
         self._interp = m.interpreter
@@ -205,17 +226,80 @@ class Classifier:
         self._batch_dynamic = inp.shape_signature[:1] == (-1,)
         self._batch = int(inp.shape[0])
 
+    def _output_names(self) -> list:
+        """A name per output: its standard-metadata name, else its tensor name."""
+        std_outs = self.standard.get("outputs") or []
+        return [(std_outs[k].get("name") if k < len(std_outs) else None) or o.name
+                for k, o in enumerate(self.model.outputs)]
+
+    def _pick_output(self, output, flag: str) -> int:
+        """The position of the head to read (see ``output`` in __init__); notes which when there are several."""
+        m = self.model
+        outs = m.outputs
+        names = self._output_names()
+        std_outs = self.standard.get("outputs") or []
+
+        def labelled(k):
+            return bool((k < len(std_outs) and std_outs[k].get("labels")) or (k == 0 and self.meta.get("labels")))
+
+        listing = "; ".join(f"{k} {names[k]!r} {list(o.shape)}" + (" with labels" if labelled(k) else "")
+                            for k, o in enumerate(outs))
+        if output is not None:
+            k = None
+            if isinstance(output, (int, np.integer)) and not isinstance(output, bool):
+                k = int(output)
+            else:
+                text = str(output)
+                k = next((i for i, o in enumerate(outs) if text in (o.name, names[i])), None)
+                if k is None and text.strip().isdigit():
+                    k = int(text)
+            if k is None or not 0 <= k < len(outs):
+                raise EdgetlError(f"{m.path.name} has no output {output!r} (its outputs: {listing})",
+                                  hint=f"pass {flag} with a position from 0 to {len(outs) - 1} or one of those names")
+            if not model_mod.is_score_vector(outs[k]):
+                raise EdgetlError(f"output {k} {names[k]!r} of {m.path.name} is not a score vector "
+                                  f"(shape {list(outs[k].shape)})",
+                                  hint=f"choose a classifier head with {flag} (its outputs: {listing})")
+            self.sources["output"] = f"output {k} {names[k]!r} ({flag})"
+            return k
+        if len(outs) == 1:
+            self.sources["output"] = "the model's only output"
+            return 0
+        heads = [k for k, o in enumerate(outs) if model_mod.is_score_vector(o)]
+        with_labels = [k for k in heads if labelled(k)]
+        k = with_labels[0] if with_labels else heads[0]
+        why = "the first score vector whose metadata gives labels" if with_labels else "the first score vector"
+        self.sources["output"] = f"output {k} {names[k]!r}: {why}"
+        self.notes.append(f"{m.path.name} has {len(outs)} outputs ({listing}): scores come from output {k} "
+                          f"{names[k]!r}, {why}; pass {flag} to read another")
+        return k
+
     @classmethod
     def from_run(cls, run, mode: str | None = None, num_threads: int | None = None, **kwargs) -> "Classifier":
         """The classifier of a run folder's fastest model that passed its parity gate, on this device
         (measured once per device and remembered; see ``edge_runtime.choose``). ``mode`` forces one
         (``"int8"``, ``"float16"``, ``"dynamic"``, ``"float32"``); ``num_threads`` overrides the thread
         count the choice was measured with. Other keyword arguments go to ``Classifier``."""
+        import logging
+
         from . import choose
 
-        path, threads = choose.resolve(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"),
-                                       classifier_class=cls)
-        return cls(path, num_threads=threads, **kwargs)
+        picked = choose.pick(run, mode=mode, threads=num_threads, backend=kwargs.get("backend"),
+                             classifier_class=cls)
+        clf = cls(picked.path, num_threads=picked.threads, **kwargs)
+        clf.chosen = picked.why  # why this model of the run (also in repr(clf))
+        logging.getLogger("edge_runtime").info("%s: using %s (%s)", run, Path(picked.path).name, picked.why)
+        return clf
+
+    chosen: str | None = None  # from_run: why this model of the run was chosen; None: the model was given
+
+    def __repr__(self) -> str:
+        m = self.model
+        mode = self.meta.get("mode")
+        parts = [f"model={str(m.path)!r}", f"mode={mode!r}" if mode else "", f"threads={m.num_threads}",
+                 f"backend={str(m.backend)!r}", f"classes={self.num_classes}",
+                 f"chosen={self.chosen!r}" if self.chosen else "chosen='given as a file'"]
+        return f"Classifier({', '.join(x for x in parts if x)})"
 
     # ---- input mapping, decided once
     def _setup_input(self):
@@ -328,6 +412,8 @@ class Classifier:
             out = (raw.astype(np.float32) - self._out_zp) * np.float32(self._out_scale)
         else:
             out = raw.astype(np.float32, copy=False)
+        if self.calibration is not None:
+            return self.calibration.apply(out)
         if self._softmax:
             out = out - out.max(axis=1, keepdims=True)
             np.exp(out, out=out)

@@ -456,7 +456,8 @@ def _standard_view(md: dict, archive: _Archive | None, structure: dict | None, p
     ins, outs = sg.get("inputs") or [], sg.get("outputs") or []
     view = {k: md.get(k) for k in ("name", "description", "version", "author", "license", "min_parser_version")}
     graph = (structure or {}).get("subgraphs", [{}])[0] if structure else None
-    channels = classes = None
+    channels = None
+    shapes_out = []
     if graph:
         tensors = graph["tensors"]
         shapes_in = [tensors[i]["shape"] for i in graph["inputs"] if 0 <= i < len(tensors)]
@@ -465,7 +466,6 @@ def _standard_view(md: dict, archive: _Archive | None, structure: dict | None, p
             raise MetadataError(f"it describes {len(ins)} input(s) and {len(outs)} output(s); the model has "
                                 f"{len(shapes_in)} and {len(shapes_out)}")
         channels = shapes_in[0][-1] if shapes_in and shapes_in[0] else None
-        classes = shapes_out[0][-1] if shapes_out and shapes_out[0] else None
     inp = dict(ins[0]) if ins else {}
     norm = next((u for u in inp.get("process_units") or () if u["type"] == "NormalizationOptions"), None)
     if norm is not None:
@@ -478,29 +478,77 @@ def _standard_view(md: dict, archive: _Archive | None, structure: dict | None, p
             raise MetadataError("NormalizationOptions holds a non-finite mean/std or a zero std")
         inp["normalization"] = {"mean": mean, "std": std}
     view["input"] = inp
-    out = dict(outs[0]) if outs else {}
+    view["outputs"] = []
+    for k, o in enumerate(outs):
+        o = dict(o)
+        n = shapes_out[k][-1] if graph and k < len(shapes_out) and shapes_out[k] else None
+        where = "" if len(outs) == 1 else f" (output {k})"
+        o["labels"], o["labels_file"] = _labels_of(o, archive, n, problems, where)
+        o["calibration"] = _calibration_of(o, archive, n, problems, where)
+        view["outputs"].append(o)
+    out = view["outputs"][0] if outs else {"labels": None, "labels_file": None, "calibration": None}
     view["output"] = out
     files = []
     for where, fs in (("model", md.get("associated_files")), ("subgraph", sg.get("associated_files")),
                       ("input", inp.get("associated_files")), ("output", out.get("associated_files"))):
         files += [dict(f, tensor=where) for f in fs or ()]
+    for k, o in enumerate(view["outputs"][1:], 1):
+        files += [dict(f, tensor=f"output {k}") for f in o.get("associated_files") or ()]
     view["associated_files"] = files
-    view["labels"], view["labels_file"] = None, None
-    label_files = [f for f in out.get("associated_files") or () if f["type"] == "TENSOR_AXIS_LABELS"]
-    if label_files:
-        lf = next((f for f in label_files if not f.get("locale")), label_files[0])
-        name = lf["name"] or ""
-        view["labels_file"] = name
-        try:
-            if archive is None:
-                raise MetadataError("the file has no archive with associated files")
-            labels = parse_labels(archive.read(name))
-            if classes is not None and len(labels) != classes:
-                raise MetadataError(f"it holds {len(labels)} labels for {classes} outputs")
-            view["labels"] = labels
-        except MetadataError as e:
-            problems.append(f"standard TFLite metadata: label file {name!r} not used: {e}")
+    view["labels"], view["labels_file"] = out["labels"], out["labels_file"]
+    view["calibration"] = out["calibration"]
     return view
+
+
+def _labels_of(out: dict, archive, classes, problems: list, where: str = "") -> tuple:
+    """(labels or None, label file name or None) of one output tensor's metadata."""
+    label_files = [f for f in out.get("associated_files") or () if f["type"] == "TENSOR_AXIS_LABELS"]
+    if not label_files:
+        return None, None
+    lf = next((f for f in label_files if not f.get("locale")), label_files[0])
+    name = lf["name"] or ""
+    try:
+        if archive is None:
+            raise MetadataError("the file has no archive with associated files")
+        labels = parse_labels(archive.read(name))
+        if classes is not None and len(labels) != classes:
+            raise MetadataError(f"it holds {len(labels)} labels for {classes} outputs")
+        return labels, name
+    except MetadataError as e:
+        problems.append(f"standard TFLite metadata{where}: label file {name!r} not used: {e}")
+        return None, name
+
+
+def _calibration_of(out: dict, archive, classes, problems: list, where: str = ""):
+    """The output's ScoreCalibrationOptions with its TENSOR_AXIS_SCORE_CALIBRATION file, as a
+    ``calibration.ScoreCalibration`` (None when absent; a problem, and None, when MediaPipe would refuse it)."""
+    from .calibration import ScoreCalibration, parse_file
+
+    unit = next((u for u in out.get("process_units") or () if u["type"] == "ScoreCalibrationOptions"), None)
+    if unit is None:
+        return None
+    files = [f for f in out.get("associated_files") or () if f["type"] == "TENSOR_AXIS_SCORE_CALIBRATION"]
+    name = (files[0]["name"] or "") if files else None
+    try:
+        if name is None:
+            raise MetadataError("there is no associated file of type TENSOR_AXIS_SCORE_CALIBRATION")
+        if archive is None:
+            raise MetadataError("the file has no archive with associated files")
+        try:
+            sigmoids = parse_file(archive.read(name))
+            cal = ScoreCalibration(unit.get("score_transformation", "IDENTITY"), float(unit.get("default_score", 0.0)),
+                                   sigmoids, name)
+        except ValueError as e:
+            raise MetadataError(str(e)) from None
+        if classes is not None and len(sigmoids) != classes:
+            raise MetadataError(f"{name!r} holds {len(sigmoids)} lines for {classes} scores"
+                                + (" (a newline at the end of the file counts as one more line)"
+                                   if len(sigmoids) == classes + 1 and sigmoids[-1] is None else ""))
+        return cal
+    except MetadataError as e:
+        problems.append(f"standard TFLite metadata{where}: score calibration not applied, scores are uncalibrated "
+                        f"(MediaPipe refuses this model): {e}")
+        return None
 
 
 def parse_labels(raw: bytes) -> list:
@@ -617,6 +665,9 @@ def build_model_metadata(md: dict) -> bytes:
     """A ModelMetadata flatbuffer (identifier M001) for ``md``, shaped like ``parse_model_metadata``'s
     result: name, description, version, author, license, subgraphs [{inputs, outputs}] of tensors
     {name, description, content, color_space, process_units, stats, associated_files}, associated_files.
+    Process units: ``{"type": "NormalizationOptions", "mean": [...], "std": [...]}`` and
+    ``{"type": "ScoreCalibrationOptions", "score_transformation": "IDENTITY"|"LOG"|"INVERSE_LOGISTIC",
+    "default_score": x}`` (its parameters go in an associated file of type TENSOR_AXIS_SCORE_CALIBRATION).
     ``min_parser_version`` is computed. Field ids are those of metadata_schema.fbs."""
     import flatbuffers
 
@@ -670,11 +721,17 @@ def build_model_metadata(md: dict) -> bytes:
         if t.get("process_units"):
             made = []
             for u in t["process_units"]:
-                if u["type"] != "NormalizationOptions":
+                if u["type"] == "NormalizationOptions":
+                    mean, std = floats(u["mean"]), floats(u["std"])
+                    opt = table(2, [(0, mean), (1, std)])
+                elif u["type"] == "ScoreCalibrationOptions":
+                    b.StartObject(2)
+                    b.PrependUint8Slot(0, _code(SCORE_TRANSFORMS, u.get("score_transformation", "IDENTITY")), 0)
+                    b.PrependFloat32Slot(1, float(u.get("default_score", 0.0)), 0.0)
+                    opt = b.EndObject()
+                else:
                     raise ValueError(f"writing process unit {u['type']} is not supported")
-                mean, std = floats(u["mean"]), floats(u["std"])
-                opt = table(2, [(0, mean), (1, std)])
-                made.append(table(2, [(1, opt)], [(0, 1)]))
+                made.append(table(2, [(1, opt)], [(0, _code(PROCESS_UNITS, u["type"]))]))
             units = offsets(made)
         stats = None
         if t.get("stats"):

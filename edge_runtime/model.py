@@ -84,16 +84,17 @@ class LoadedModel:
     def op_counts(self) -> dict:
         return dict(Counter(self.ops).most_common())
 
-    def output_ends_in(self) -> str | None:
-        """The activation the output comes out of (SOFTMAX or LOGISTIC), looking through the
-        DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it is anything else."""
+    def output_ends_in(self, output: int = 0) -> str | None:
+        """The activation output ``output`` (a position in ``outputs``) comes out of (SOFTMAX or LOGISTIC),
+        looking through the DEQUANTIZE/QUANTIZE/RESHAPE/SQUEEZE ops a converter puts after it; None when it
+        is anything else."""
         if not self.outputs:
             return None
         producers = {}
         for op in self._op_details:
             for t in op["outputs"]:
                 producers[int(t)] = op
-        t = self.output.index
+        t = self.outputs[output].index
         for _ in range(8):
             op = producers.get(t)
             if op is None:
@@ -105,13 +106,13 @@ class LoadedModel:
             t = int(op["inputs"][0])
         return None
 
-    def output_is_probabilities(self) -> bool:
-        """True when the output already holds scores in [0, 1]: the edgetl metadata says so, or the graph
-        ends in SOFTMAX or LOGISTIC (a multi-label / MediaPipe Model Maker head). Otherwise the runtime
-        applies softmax."""
-        if self.meta and "probabilities" in (self.meta.get("output") or {}):
+    def output_is_probabilities(self, output: int = 0) -> bool:
+        """True when output ``output`` already holds scores in [0, 1]: the edgetl metadata says so (it
+        describes output 0), or the graph ends in SOFTMAX or LOGISTIC (a multi-label / MediaPipe Model Maker
+        head). Otherwise the runtime applies softmax."""
+        if output == 0 and self.meta and "probabilities" in (self.meta.get("output") or {}):
             return bool(self.meta["output"]["probabilities"])
-        return self.output_ends_in() is not None
+        return self.output_ends_in(output) is not None
 
     _op_details: list = field(default_factory=list, repr=False)
 
@@ -167,6 +168,7 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     error, never taking this process down; the verdict is remembered per model and backend). ``trusted=True``
     skips that: for a file edgetl itself has just written (the toolchain's conversions)."""
     p, content = read_model_bytes(path)
+    not_tflite(p, content)
     structure = tflite_format.parse_model(content, str(p))
     declared = tflite_format.check_memory(structure, str(p))
     check_io(structure, p)
@@ -187,6 +189,26 @@ def load(path, num_threads: int | None = None, backend: str | None = None, trust
     if verdict is not None and verdict.stage == "invoke":
         m.run_error = verdict.error
     return m
+
+
+def not_tflite(p: Path, content: bytes) -> None:
+    """A Keras model (a .keras ZIP archive, or an HDF5 .h5) handed to the runtime: say so, and what to
+    run instead (the .tflite files beside it, or `edgetl quantize` to make them)."""
+    kind = ("a Keras model (.keras archive)" if content[:4] == b"PK\x03\x04" and p.suffix.lower() == ".keras"
+            else "a Keras/HDF5 model" if content[:8] == b"\x89HDF\r\n\x1a\n" else None)
+    if kind is None:
+        return
+    beside = sorted(x.name for x in p.parent.glob("model_*.tflite") if x.is_file())
+    if beside and (p.parent / "report.json").is_file():  # in a run folder
+        hint = (f"run one of the TFLite models beside it ({', '.join(beside)}), or pass the run folder {p.parent} "
+                f"(its fastest model that passed parity); `edgetl quantize {p.parent} --quantize MODE` makes "
+                "another mode")
+    elif beside:
+        hint = f"run one of the TFLite models beside it ({', '.join(beside)}), or convert it with `edgetl quantize`"
+    else:
+        hint = (f"convert it first: `edgetl quantize {p} --calibration PHOTO_DIR` writes model_int8.tflite and "
+                "model_float32.tflite beside it (the build does this for a run), then pass one of those")
+    raise EdgetlError(f"{p} is {kind}, not a TFLite model: the runtime runs .tflite files", hint=hint)
 
 
 def verdict_error(p, v) -> EdgetlError | None:
@@ -269,8 +291,14 @@ def _open(p, content, structure, found, be, threads) -> LoadedModel:
     return m
 
 
+def is_score_vector(t: TensorInfo) -> bool:
+    """True for an output shaped [batch, classes] (or [batch, 1, ..., classes]) with at least 2 classes."""
+    return len(t.shape) >= 2 and t.shape[-1] >= 2 and int(np.prod(t.shape)) == t.shape[-1] * t.shape[0]
+
+
 def check_image_classifier(m: LoadedModel):
-    """Refuse models that do not take one image and give one score vector."""
+    """Refuse models that do not take one image and give at least one score vector (a model with several
+    outputs is run on one of them: see ``Classifier``'s ``output``)."""
     if len(m.inputs) != 1:
         raise EdgetlError(f"{m.path}: model has {len(m.inputs)} inputs; an image classifier has one",
                           hint="edgetl runs single-image classifiers")
@@ -286,9 +314,14 @@ def check_image_classifier(m: LoadedModel):
         )
     if i.dtype.name not in ("uint8", "int8", "float32", "float16"):
         raise EdgetlError(f"{m.path}: unsupported input type {i.dtype.name}", hint="expected uint8, int8 or float32")
-    if len(m.outputs) != 1:
-        raise EdgetlError(f"{m.path}: model has {len(m.outputs)} outputs; a classifier has one score vector",
-                          hint="edgetl runs single-output classifiers")
+    if len(m.outputs) > 1:
+        if not any(is_score_vector(o) for o in m.outputs):
+            shapes = ", ".join(str(list(o.shape)) for o in m.outputs)
+            raise EdgetlError(f"{m.path}: none of the model's {len(m.outputs)} outputs is a score vector ({shapes})",
+                              hint="edgetl runs classifiers with an output shaped [batch, classes]")
+        return
+    if not m.outputs:
+        raise EdgetlError(f"{m.path}: model has no output", hint="the model is malformed; convert it again")
     o = m.output
     if len(o.shape) < 2 or int(np.prod(o.shape)) != o.shape[-1] * o.shape[0]:
         raise EdgetlError(f"{m.path}: model output is not a score vector (shape {list(o.shape)})",

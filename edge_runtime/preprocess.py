@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import ImageError
 
 RESIZE_POLICIES = ("crop", "squash", "pad")
@@ -57,16 +58,6 @@ class NotAnImage(ImageError):
     name without an image extension): skipped as a stray file rather than counted as a corrupt photo."""
 
 
-def file_kind(mode: int) -> str:
-    """Plain words for the type of a file system entry (from ``os.stat().st_mode``)."""
-    for test, word in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symbolic link")):
-        if test(mode):
-            return word
-    return "special file"
-
-
 def check_regular(path) -> os.stat_result:
     """``os.stat`` of ``path`` when it is a regular file (symbolic links followed); otherwise NotAnImage (a
     pipe, socket, device, dangling link) or ImageError (a folder, missing, permission denied) with the
@@ -81,7 +72,7 @@ def check_regular(path) -> os.stat_result:
     except OSError as e:
         raise _os_error(name, e) from None
     if not stat.S_ISREG(st.st_mode):
-        kind = file_kind(st.st_mode)
+        kind = files.kind(st.st_mode)
         if kind == "folder":
             raise ImageError(name, "is a folder, not an image")
         via = ""
@@ -117,7 +108,7 @@ def open_regular(path):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotAnImage(name, f"not a regular file ({file_kind(st.st_mode)})")
+            raise NotAnImage(name, f"not a regular file ({files.kind(st.st_mode)})")
         if st.st_size > MAX_FILE_BYTES:
             raise ImageError(name, f"file too large ({st.st_size / 2**20:.0f} MB; the limit is "
                                    f"{MAX_FILE_BYTES // 2**20} MB)")

@@ -47,6 +47,14 @@ def imagenet_weights(shared) -> Path:
     return w
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """edgetl's cache folder (device choices, probe verdicts), private to the test."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(d))
+    return d
+
+
 requires_tf = pytest.mark.skipif(not HAVE_TF, reason="needs TensorFlow (pip install '.[train]')")
 
 

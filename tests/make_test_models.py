@@ -16,6 +16,15 @@ tests in the tflite-runtime environment (which has no TensorFlow to make them).
                           GRAYSCALE, NormalizationOptions mean 127.5 / std 127.5, labels.txt
 - identity32.tflite       a float model whose 3072 "scores" are its 32x32x3 input (standard metadata, mean 0
                           std 1): shows the pixels an application such as MediaPipe fed it
+- heads3.tflite           a 32x32 float model with three outputs (standard metadata, mean 127.5 / std 127.5):
+                          0 "features" (8 sigmoids, no labels), 1 "colour" (softmax over LABELS, labels.txt),
+                          2 "shade" (softmax over SHADE_LABELS, shade.txt)
+- calib_<transform>.tflite  a 32x32 float 4-class model (labels CALIB_LABELS) whose output carries standard
+                          ScoreCalibrationOptions (IDENTITY on logits; LOG and INVERSE_LOGISTIC on softmax
+                          probabilities) and a TENSOR_AXIS_SCORE_CALIBRATION file calibration.txt with a sigmoid,
+                          an empty line (default score), a sigmoid with min_score and a sigmoid (CALIBRATION)
+- calib_uint8.tflite      bare_uint8 (uint8 output) with standard metadata only and a LOG calibration
+- calib_newline.tflite    calib_LOG with a calibration file that ends in a newline (one line too many)
 """
 
 from __future__ import annotations
@@ -39,6 +48,15 @@ EDGETL_MODELS = {
     "edgetl_float32": ("float32", "float32"),
 }
 GRAY_LABELS = ["dark", "mid", "light"]
+SHADE_LABELS = ["dark", "light"]
+CALIB_LABELS = ["north", "east", "south", "west"]
+# per class: scale,slope,offset[,min_score]; an empty line = no sigmoid (the default score)
+CALIBRATION = {
+    "IDENTITY": ["0.9,1.5,-0.2", "", "1.0,0.8,0.1,-0.5", "0.7,2.0,0.5"],
+    "LOG": ["0.9,1.5,2.0", "", "1.0,0.8,1.0,0.1", "0.7,2.0,3.0"],
+    "INVERSE_LOGISTIC": ["0.9,1.5,0.5", "", "1.0,0.8,0.2,0.1", "0.7,2.0,1.0"],
+}
+CALIB_DEFAULT_SCORE = 0.125
 
 
 def _calibration(n=16, size=96):
@@ -131,8 +149,105 @@ def make_all(out: Path):
                     "process_units": [{"type": "NormalizationOptions", "mean": [0.0], "std": [1.0]}]}],
         "outputs": [{"name": "pixels", "content": "FeatureProperties"}]}]}
     (out / "identity32.tflite").write_bytes(meta_mod.write(convert.convert(m, "float32"), standard=ident))
+
+    make_heads(keras, convert, meta_mod, out)
+    make_calibrated(keras, convert, meta_mod, out)
     (out / "done").write_text("ok\n")
     return out
+
+
+def _image_input(color="RGB"):
+    return {"name": "image", "content": "ImageProperties", "color_space": color,
+            "process_units": [{"type": "NormalizationOptions", "mean": [127.5], "std": [127.5]}],
+            "stats": {"min": [-1.0], "max": [1.0]}}
+
+
+def _output_order(flat: bytes) -> list:
+    """The converted model's output shapes, in its own output order (the converter may reorder Keras outputs)."""
+    from edge_runtime import tflite_format
+
+    g = tflite_format.parse_model(flat)["subgraphs"][0]
+    return [tuple(g["tensors"][i]["shape"]) for i in g["outputs"]]
+
+
+def _outputs_by_size(flat: bytes, sizes) -> bytes:
+    """``flat`` with its subgraph's outputs put in the order of their last dimension ``sizes`` (the converter
+    orders Keras outputs its own way; the test wants an unlabelled head first)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromPackedBuf(bytearray(flat), 0)
+    g = model.subgraphs[0]
+    g.outputs = sorted(g.outputs, key=lambda t: list(sizes).index(int(g.tensors[t].shape[-1])))
+    b = flatbuffers.Builder(len(flat) + 1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def make_heads(keras, convert, meta_mod, out: Path):
+    """heads3.tflite: three outputs told apart by their sizes (8, 3, 2)."""
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    feats = keras.layers.Dense(8, activation="sigmoid", name="a_features")(x)
+    colour = keras.layers.Dense(3, activation="softmax", name="b_colour")(x)
+    shade = keras.layers.Dense(2, activation="softmax", name="c_shade")(x)
+    m = keras.Model(inp, [feats, colour, shade])
+    flat = _outputs_by_size(convert.convert(m, "float32"), (8, 3, 2))
+    heads = {8: {"name": "features", "content": "FeatureProperties"},
+             3: {"name": "colour", "content": "FeatureProperties",
+                 "associated_files": [{"name": "labels.txt", "type": "TENSOR_AXIS_LABELS", "description": "colours"}]},
+             2: {"name": "shade", "content": "FeatureProperties",
+                 "associated_files": [{"name": "shade.txt", "type": "TENSOR_AXIS_LABELS", "description": "shades"}]}}
+    order = _output_order(flat)
+    std = {"name": "three heads", "author": "tests",
+           "subgraphs": [{"inputs": [_image_input()], "outputs": [heads[shape[-1]] for shape in order]}]}
+    files = [("labels.txt", ("\n".join(LABELS) + "\n").encode()),
+             ("shade.txt", ("\n".join(SHADE_LABELS) + "\n").encode())]
+    (out / "heads3.tflite").write_bytes(meta_mod.write(flat, standard=std, files=files))
+    (out / "heads3.order.txt").write_text(" ".join(str(s[-1]) for s in order) + "\n")
+
+
+def _calibrated_std(transform: str, files_name: str = "calibration.txt", color="RGB", inp=None) -> dict:
+    return {"name": f"calibrated ({transform})", "author": "tests", "subgraphs": [{
+        "inputs": [inp or _image_input(color)],
+        "outputs": [{"name": "score", "content": "FeatureProperties",
+                     "process_units": [{"type": "ScoreCalibrationOptions", "score_transformation": transform,
+                                        "default_score": CALIB_DEFAULT_SCORE}],
+                     "associated_files": [
+                         {"name": "labels.txt", "type": "TENSOR_AXIS_LABELS", "description": "labels"},
+                         {"name": files_name, "type": "TENSOR_AXIS_SCORE_CALIBRATION", "description": "sigmoids"}]}],
+    }]}
+
+
+def make_calibrated(keras, convert, meta_mod, out: Path):
+    labels = ("\n".join(CALIB_LABELS) + "\n").encode()
+    for transform, lines in CALIBRATION.items():
+        keras.utils.set_random_seed(11)
+        m = keras.Sequential([
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4, activation=None if transform == "IDENTITY" else "softmax",
+                               kernel_initializer=keras.initializers.RandomNormal(stddev=2.0)),
+        ])
+        flat = convert.convert(m, "float32")
+        calib = "\n".join(lines).encode()  # no newline at the end: one line per class, as MediaPipe counts them
+        (out / f"calib_{transform}.tflite").write_bytes(meta_mod.write(
+            flat, standard=_calibrated_std(transform), files=[("labels.txt", labels), ("calibration.txt", calib)]))
+        if transform == "LOG":
+            (out / "calib_newline.tflite").write_bytes(meta_mod.write(
+                flat, standard=_calibrated_std(transform), files=[("labels.txt", labels),
+                                                                  ("calibration.txt", calib + b"\n")]))
+    # a quantized model: MediaPipe dequantizes the uint8 output, then calibrates it
+    bare = (out / "bare_uint8.tflite").read_bytes()
+    uint8_in = {"name": "image", "content": "ImageProperties", "color_space": "RGB",
+                "process_units": [{"type": "NormalizationOptions", "mean": [0.0], "std": [1.0]}],
+                "stats": {"min": [0.0], "max": [255.0]}}
+    labels3 = ("\n".join(LABELS) + "\n").encode()
+    calib3 = "\n".join(CALIBRATION["LOG"][i] for i in (0, 3, 1)).encode()  # the usual winner (red): default
+    (out / "calib_uint8.tflite").write_bytes(meta_mod.write(bare, standard=_calibrated_std("LOG", inp=uint8_in),
+                                                            files=[("labels.txt", labels3), ("calibration.txt", calib3)]))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,6 @@ pytestmark = requires_tf
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("EDGETL_CACHE_DIR", str(d))
-    return d
-
-
-@pytest.fixture
 def run_copy(tiny_run, tmp_path):
     run, proc = tiny_run
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -157,7 +157,7 @@ def test_the_custom_loop_takes_the_batches_fit_takes():
     code = """
 import numpy as np, keras
 from types import SimpleNamespace
-from toolchain import train, ctl
+from toolchain.core import train, ctl
 cfg = SimpleNamespace(seed=11, batch_size=8, augment=False)
 n, rows = 37, np.arange(100, 137)
 imgs = np.zeros((200, 2, 2, 3), np.uint8)

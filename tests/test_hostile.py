@@ -342,7 +342,7 @@ def test_nan_model_fails_parity_and_quantize_exits_1(good_run, tmp_path, tiny_da
     every JSON edgetl prints about it is valid JSON."""
     code = (
         "import sys, numpy as np\n"
-        "from toolchain import modeling\n"
+        "from toolchain.core import modeling\n"
         f"m = modeling.load({str(good_run / 'model.keras')!r})\n"
         "d = m.get_layer('head').get_layer('probabilities')\n"
         "k, b = d.get_weights(); b[:] = np.nan; d.set_weights([k, b])\n"

@@ -69,96 +69,63 @@ def _edit(path: Path, fn):
 # ------------------------------------------------------------------ 1. options and config files, before TensorFlow
 
 
-@pytest.mark.parametrize("case", [
-    "split-no-val", "split-no-val-3", "split-no-train", "fine-tune-from-superscript", "fine-tune-from-dashes",
-    "toml-nested", "toml-bom", "toml-dir", "toml-fifo", "toml-not-utf8", "tf-config-worker-number",
-    "tf-config-worker-string", "tf-config-index-bool", "cluster-comma", "task-index-huge", "local-workers-65",
-    "worker-timeout-nan", "devices-typo", "threads-int32", "bench-threads", "top-k-huge", "smooth-zero",
-    "epochs-float"])
+def _tf_config(worker, index=0) -> dict:
+    return {"TF_CONFIG": json.dumps({"cluster": {"worker": worker}, "task": {"type": "worker", "index": index}})}
+
+
+NO_MODEL = "{tmp}/no-model.tflite"
+# case -> (arguments: added to a build, or a whole command when it starts with a verb; the config file's
+# content (str, bytes, "dir" or "fifo") or None; TF_CONFIG or None; the phrase the error must hold)
+BAD_VALUES = {
+    "split-no-val": (["--split", "1,0"], None, None, "leaves no validation photos"),
+    "split-no-val-3": (["--split", "0.9,0,0.1"], None, None, "leaves no validation photos"),
+    "split-no-train": (["--split", "0,0.5,0.5"], None, None, "leaves no training photos"),
+    "fine-tune-from-superscript": (["--fine-tune-epochs", "1", "--fine-tune-from", "²"], None, None,
+                                   "neither a layer index nor a layer name"),
+    "fine-tune-from-dashes": (["--fine-tune-epochs", "1", "--fine-tune-from=--5"], None, None,
+                              "neither a layer index nor a layer name"),
+    "toml-nested": ([], "split = " + "[" * 5000 + "]" * 5000 + "\n", None, "nested too deep"),
+    # the BOM is accepted: the file is read, and its bad value named
+    "toml-bom": ([], b"\xef\xbb\xbfhead-units = 0\n", None, "head-units 0 is out of range"),
+    "toml-dir": ([], "dir", None, "not a regular file (folder)"),
+    "toml-fifo": ([], "fifo", None, "not a regular file (named pipe)"),
+    "toml-not-utf8": ([], b"seed = 1 # caf\xe9\n", None, "not UTF-8"),
+    "tf-config-worker-number": ([], None, _tf_config(5), "cluster.worker must be a list of HOST:PORT addresses"),
+    # a string is not a list of one address (len("a:1") is 3)
+    "tf-config-worker-string": ([], None, _tf_config("h1:2222"), "cluster.worker must be a list"),
+    "tf-config-index-bool": ([], None, _tf_config(["a:1", "b:2"], True), "task.index"),
+    "cluster-comma": (["--cluster", ",", "--task-index", "0"], None, None, "lists no worker"),
+    "task-index-huge": (["--cluster", "a:1,b:2", "--task-index", str(2**70)], None, None, "--task-index"),
+    "local-workers-65": (["--local-workers", "65"], None, None, "--local-workers 65 is out of range"),
+    "worker-timeout-nan": (["--local-workers", "2", "--worker-timeout", "nan"], None, None,
+                           "--worker-timeout must be a finite number"),
+    "devices-typo": (["--devices", "gpu0"], None, None, "is not a device list"),
+    "threads-int32": (["predict", NO_MODEL, "{data}", "--threads", "2147483648"], None, None,
+                      "--threads 2147483648 is out of range"),
+    "bench-threads": (["bench", NO_MODEL, "--threads", "1,99999"], None, None, "--threads 99999 is out of range"),
+    "top-k-huge": (["predict", NO_MODEL, "{data}", "--top-k", str(10**30)], None, None, "--top-k"),
+    "smooth-zero": (["camera", NO_MODEL, "--headless", "--smooth", "0"], None, None, "--smooth 0 is out of range"),
+    "epochs-float": ([], "calibration-size = 2.5\n", None, "calibration-size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_bad_values_are_one_error_before_tensorflow(case, tmp_path, tiny_data):
     out = tmp_path / "run"
-    args = ["build", tiny_data, "--out", out, *FAST]
-    env = {}
+    extra, toml_text, env, phrase = BAD_VALUES[case]
+    extra = [a.format(tmp=tmp_path, data=tiny_data) for a in extra]
     toml = tmp_path / "c.toml"
-    if case == "split-no-val":
-        args += ["--split", "1,0"]
-        phrase = "leaves no validation photos"
-    elif case == "split-no-val-3":
-        args += ["--split", "0.9,0,0.1"]
-        phrase = "leaves no validation photos"
-    elif case == "split-no-train":
-        args += ["--split", "0,0.5,0.5"]
-        phrase = "leaves no training photos"
-    elif case == "fine-tune-from-superscript":
-        args += ["--fine-tune-epochs", "1", "--fine-tune-from", "²"]
-        phrase = "neither a layer index nor a layer name"
-    elif case == "fine-tune-from-dashes":
-        args += ["--fine-tune-epochs", "1", "--fine-tune-from=--5"]
-        phrase = "neither a layer index nor a layer name"
-    elif case == "toml-nested":
-        toml.write_text("split = " + "[" * 5000 + "]" * 5000 + "\n")
-        args += ["--config", toml]
-        phrase = "nested too deep"
-    elif case == "toml-bom":  # the BOM is accepted: the file is read, and its bad value named
-        toml.write_bytes(b"\xef\xbb\xbfhead-units = 0\n")
-        args += ["--config", toml]
-        phrase = "head-units 0 is out of range"
-    elif case == "toml-dir":
+    if toml_text == "dir":
         toml.mkdir()
-        args += ["--config", toml]
-        phrase = "not a regular file (folder)"
-    elif case == "toml-fifo":
+    elif toml_text == "fifo":
         os.mkfifo(toml)
-        args += ["--config", toml]
-        phrase = "not a regular file (named pipe)"
-    elif case == "toml-not-utf8":
-        toml.write_bytes(b"seed = 1 # caf\xe9\n")
-        args += ["--config", toml]
-        phrase = "not UTF-8"
-    elif case == "tf-config-worker-number":
-        env = {"TF_CONFIG": json.dumps({"cluster": {"worker": 5}, "task": {"type": "worker", "index": 0}})}
-        phrase = "cluster.worker must be a list of HOST:PORT addresses"
-    elif case == "tf-config-worker-string":  # a string is not a list of one address (len("a:1") is 3)
-        env = {"TF_CONFIG": json.dumps({"cluster": {"worker": "h1:2222"}, "task": {"type": "worker", "index": 0}})}
-        phrase = "cluster.worker must be a list"
-    elif case == "tf-config-index-bool":
-        env = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
-                                                                                      "index": True}})}
-        phrase = "task.index"
-    elif case == "cluster-comma":
-        args += ["--cluster", ",", "--task-index", "0"]
-        phrase = "lists no worker"
-    elif case == "task-index-huge":
-        args += ["--cluster", "a:1,b:2", "--task-index", str(2**70)]
-        phrase = "--task-index"
-    elif case == "local-workers-65":
-        args += ["--local-workers", "65"]
-        phrase = "--local-workers 65 is out of range"
-    elif case == "worker-timeout-nan":
-        args += ["--local-workers", "2", "--worker-timeout", "nan"]
-        phrase = "--worker-timeout must be a finite number"
-    elif case == "devices-typo":
-        args += ["--devices", "gpu0"]
-        phrase = "is not a device list"
-    elif case == "threads-int32":
-        args = ["predict", tmp_path / "no-model.tflite", tiny_data, "--threads", "2147483648"]
-        phrase = "--threads 2147483648 is out of range"
-    elif case == "bench-threads":
-        args = ["bench", tmp_path / "no-model.tflite", "--threads", "1,99999"]
-        phrase = "--threads 99999 is out of range"
-    elif case == "top-k-huge":
-        args = ["predict", tmp_path / "no-model.tflite", tiny_data, "--top-k", str(10**30)]
-        phrase = "--top-k"
-    elif case == "smooth-zero":
-        args = ["camera", tmp_path / "no-model.tflite", "--headless", "--smooth", "0"]
-        phrase = "--smooth 0 is out of range"
-    elif case == "epochs-float":
-        toml.write_text("calibration-size = 2.5\n")
-        args += ["--config", toml]
-        phrase = "calibration-size"
-    skip = {toml} if case == "toml-fifo" else set()  # reading the named pipe here would block the test
+    elif toml_text is not None:
+        (toml.write_bytes if isinstance(toml_text, bytes) else toml.write_text)(toml_text)
+    args = extra if extra and extra[0] in ("predict", "bench", "camera") else \
+        ["build", tiny_data, "--out", out, *FAST, *extra] + (["--config", toml] if toml_text is not None else [])
+    skip = {toml} if toml_text == "fifo" else set()  # reading the named pipe here would block the test
     before = snapshot(tmp_path, skip=skip)
-    r = run_cli(*args, env=env, block_tf=True, timeout=60)
+    r = run_cli(*args, env=env or {}, block_tf=True, timeout=60)
     assert_user_error(r, phrase)
     assert "TensorFlow" not in r.stderr
     assert snapshot(tmp_path, skip=skip) == before and not out.exists()

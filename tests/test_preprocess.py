@@ -316,7 +316,7 @@ def test_data_scan_lists_strays_with_the_skipped_files(tmp_path):
 
     photos = write_dataset(tmp_path / "photos", per_class=6)
     _strays(photos / "red")
-    code = ("import json, sys; from toolchain import config, data\n"
+    code = ("import json, sys; from toolchain.cfg import config; from toolchain.core import data\n"
             "ds = data.build(sys.argv[1], sys.argv[2], config.resolve(None, image_size=96, split=[0.6, 0.2, 0.2]))\n"
             "print(json.dumps([sum(len(v) for v in ds.files.values()), ds.skipped]))\n")
     r = subprocess.run([sys.executable, "-c", code, str(photos), str(tmp_path / "run")], capture_output=True,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = r"""
 import sys
 from pathlib import Path
-from toolchain import runfolder
+from toolchain.rundir import runfolder
 
 out, tag, fresh = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "fresh"
 with runfolder.RunLock(out):

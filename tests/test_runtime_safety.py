@@ -94,13 +94,6 @@ def assert_user_error(rc, err, *phrases):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("EDGETL_CACHE_DIR", str(d))
-    return d
-
-
-@pytest.fixture
 def photo(tmp_path):
     from PIL import Image
 
@@ -129,7 +122,7 @@ def bare_signal(path) -> str | None:
 # ------------------------------------------------------------------ 1. models that kill the interpreter
 
 
-def test_models_that_crash_the_interpreter_are_an_error_not_a_dead_process(model, cache, photo, tmp_path):
+def test_models_that_crash_the_interpreter_are_an_error_not_a_dead_process(model, cache_dir, photo, tmp_path):
     """A changed input zero point (SIGSEGV in LiteRT's allocate_tensors) and broken tensor vtables (SIGABRT):
     an unprotected interpreter dies of a signal; `info`, `predict` and the Python API say so in one error line
     (exit 2) and live. The zero point is refused from the flatbuffer already (outside the uint8 range); the
@@ -165,7 +158,7 @@ def test_models_that_crash_the_interpreter_are_an_error_not_a_dead_process(model
     assert not list(Path.cwd().glob("core*")) and not list(tmp_path.glob("core*"))
 
 
-def test_a_good_verdict_is_remembered_and_a_damaged_cache_is_ignored(test_models, cache, photo):
+def test_a_good_verdict_is_remembered_and_a_damaged_cache_is_ignored(test_models, cache_dir, photo):
     """The first untrusted load probes the model once; its verdict is kept per SHA-256 and backend in
     probes.json, written atomically. A cache file that is garbage, a named pipe or a link to /dev/zero is
     ignored (no hang, no runaway read) and replaced."""
@@ -173,35 +166,35 @@ def test_a_good_verdict_is_remembered_and_a_damaged_cache_is_ignored(test_models
     sha = hashlib.sha256(m.read_bytes()).hexdigest()
     rc, _, err, _ = run("info", m)
     assert rc == 0, err
-    verdicts = json.loads((cache / "probes.json").read_text())["verdicts"]
+    verdicts = json.loads((cache_dir / "probes.json").read_text())["verdicts"]
     (key,) = [k for k in verdicts if k.startswith(sha + ":")]
     assert verdicts[key]["ok"] is True
     for damage in ("garbage", "fifo", "zero"):
-        (cache / "probes.json").unlink()
+        (cache_dir / "probes.json").unlink()
         if damage == "garbage":
-            (cache / "probes.json").write_bytes(b"\xff{[[")
+            (cache_dir / "probes.json").write_bytes(b"\xff{[[")
         elif damage == "fifo":
-            os.mkfifo(cache / "probes.json")
+            os.mkfifo(cache_dir / "probes.json")
         else:
-            os.symlink("/dev/zero", cache / "probes.json")
+            os.symlink("/dev/zero", cache_dir / "probes.json")
         rc, out, err, peak = run("predict", m, photo, timeout=60)
         assert rc == 0 and "red" in out, err[-2000:]
         assert 0 < peak < 500, peak
-        assert (cache / "probes.json").is_file() and not (cache / "probes.json").is_symlink()
-        assert json.loads((cache / "probes.json").read_text())["verdicts"][key]["ok"] is True
+        assert (cache_dir / "probes.json").is_file() and not (cache_dir / "probes.json").is_symlink()
+        assert json.loads((cache_dir / "probes.json").read_text())["verdicts"][key]["ok"] is True
 
 
-def test_trusted_loads_skip_the_probe_and_untrusted_ones_do_not(test_models, cache):
+def test_trusted_loads_skip_the_probe_and_untrusted_ones_do_not(test_models, cache_dir):
     """model.load(trusted=True), for what edgetl itself just wrote, starts no child process; the default
-    does (it leaves its verdict in the cache)."""
+    does (it leaves its verdict in the cache_dir)."""
     code = ("import sys\nfrom edge_runtime import model\n"
             "m = model.load(sys.argv[1], num_threads=1, trusted=sys.argv[2] == 'yes')\nprint(m.output.shape)")
     rc, out, err, _ = run(test_models / "edgetl_float32.tflite", "yes", code=code)
     assert rc == 0 and "3" in out, err
-    assert not (cache / "probes.json").exists()
+    assert not (cache_dir / "probes.json").exists()
     rc, out, err, _ = run(test_models / "edgetl_float32.tflite", "no", code=code)
     assert rc == 0, err
-    assert (cache / "probes.json").is_file()
+    assert (cache_dir / "probes.json").is_file()
 
 
 def test_the_probe_child_is_memory_limited_even_when_the_shapes_lie(model, tmp_path):
@@ -227,7 +220,7 @@ def test_the_probe_child_is_memory_limited_even_when_the_shapes_lie(model, tmp_p
 # ------------------------------------------------------------------ 2. what a model may allocate
 
 
-def test_a_model_declaring_a_runaway_tensor_is_refused_before_allocating(model, cache, photo, tmp_path):
+def test_a_model_declaring_a_runaway_tensor_is_refused_before_allocating(model, cache_dir, photo, tmp_path):
     """Two mutated shape bytes make one activation [1, 12, 16580620, 48] (9.6 GB; unprotected, LiteRT's
     `info` peaked at 9.4 GB): refused from the flatbuffer, naming the tensor and the bound, in well under a
     second of work and a few dozen MB."""
@@ -265,9 +258,9 @@ def fake_run(test_models, tmp_path):
     return run_dir
 
 
-def test_special_files_where_the_runtime_reads(test_models, cache, photo, fake_run, tmp_path):
+def test_special_files_where_the_runtime_reads(test_models, cache_dir, photo, fake_run, tmp_path):
     """A model path linked to /dev/zero or /dev/urandom, a named pipe as the model, the label file or the
-    device-choice cache, /dev/zero as the cache: each is refused (or, for the cache, ignored) at once, with a
+    device-choice cache_dir, /dev/zero as the cache: each is refused (or, for the cache_dir, ignored) at once, with a
     reason, never read (unprotected: 15 GB in 20 s from /dev/zero, a hang on a pipe)."""
     zero, rand, fifo = tmp_path / "zero.tflite", tmp_path / "rand.tflite", tmp_path / "fifo.tflite"
     os.symlink("/dev/zero", zero)
@@ -288,18 +281,18 @@ def test_special_files_where_the_runtime_reads(test_models, cache, photo, fake_r
         assert 0 < peak < 400, (args, peak)
     # the device-choice cache (and the probe cache beside it) as a named pipe, then as /dev/zero
     for kind in ("fifo", "zero"):
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.mkdir()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cache_dir.mkdir()
         for name in ("choices.json", "probes.json"):
             if kind == "fifo":
-                os.mkfifo(cache / name)
+                os.mkfifo(cache_dir / name)
             else:
-                os.symlink("/dev/zero", cache / name)
+                os.symlink("/dev/zero", cache_dir / name)
         rc, out, err, peak = run("predict", fake_run, photo, timeout=300)
         assert rc == 0 and "red" in out, err[-2000:]
         assert 0 < peak < 500, peak
         assert "measuring the models of" in err
-        assert json.loads((cache / "choices.json").read_text())["choices"]  # replaced by a real cache file
+        assert json.loads((cache_dir / "choices.json").read_text())["choices"]  # replaced by a real cache file
 
 
 # ------------------------------------------------------------------ 4. images that hide a larger one
@@ -320,7 +313,7 @@ def _png_bomb(w: int, h: int) -> bytes:
             + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
-def test_containers_are_checked_before_decoding(test_models, cache, tmp_path):
+def test_containers_are_checked_before_decoding(test_models, cache_dir, tmp_path):
     """An ICO whose directory says 16 x 16 but whose entry is a 13300 x 13300 PNG (177 MP), and an ICNS
     entry holding the same: refused from the embedded image's own header before Pillow decodes it (Pillow's
     ICO plugin decodes the largest entry inside Image.open); a real ICO and ICNS still classify."""
@@ -359,7 +352,7 @@ def test_thread_counts_beyond_reason_are_a_usage_error(test_models, photo):
         assert_user_error(rc, err, "--threads", "1024")
 
 
-def test_a_fixed_batch_model_classifies_any_number_of_images(model, cache, tmp_path):
+def test_a_fixed_batch_model_classifies_any_number_of_images(model, cache_dir, tmp_path):
     """A model whose batch is fixed at 2 (unprotected: RecursionError in Classifier._run): images go in
     batches of two, the last one padded; each gets its own scores."""
     p = tmp_path / "batch2.tflite"
@@ -380,7 +373,7 @@ def test_a_fixed_batch_model_classifies_any_number_of_images(model, cache, tmp_p
     assert rc == 0 and [json.loads(x)["label"] for x in out1.splitlines()] == [r["label"] for r in rows], err
 
 
-def test_models_that_fail_when_invoked_or_have_no_outputs(model, cache, photo, tmp_path):
+def test_models_that_fail_when_invoked_or_have_no_outputs(model, cache_dir, photo, tmp_path):
     """A weight tensor pointed at an empty buffer ("Input tensor N lacks data" when invoked) and a model
     with zero outputs: one error line each, exit 2; `info` still describes the first (it prepares)."""
     from edge_runtime import tflite_format
@@ -404,7 +397,7 @@ def test_models_that_fail_when_invoked_or_have_no_outputs(model, cache, photo, t
         assert_user_error(rc, err, "the model has no outputs")
 
 
-def test_a_closed_pipe_is_a_normal_end(test_models, cache, tmp_path):
+def test_a_closed_pipe_is_a_normal_end(test_models, cache_dir, tmp_path):
     """`predict ... --json | head -1`, `--csv | head -1` and `camera --headless | head -1` through a real
     pipe: exit 0, nothing on stderr but edgetl's own lines (Click turned EPIPE into exit 1)."""
     import cv2
@@ -440,7 +433,7 @@ def test_a_closed_pipe_is_a_normal_end(test_models, cache, tmp_path):
 
 
 @requires_tf
-def test_a_model_with_a_dynamic_input_size_says_so(tmp_path, cache, photo):
+def test_a_model_with_a_dynamic_input_size_says_so(tmp_path, cache_dir, photo):
     """A converter's model with a dynamic height and width (shape [1, 1, 1, 3], signature [-1, -1, -1, 3]):
     not "try another --backend", but what it is; the same for a patched edgetl model (which would otherwise
     run on a 1 x 1 picture)."""
@@ -459,7 +452,7 @@ def test_a_model_with_a_dynamic_input_size_says_so(tmp_path, cache, photo):
         assert "--backend" not in err
 
 
-def test_patched_dynamic_size_and_empty_camera_source(model, cache, photo, tmp_path):
+def test_patched_dynamic_size_and_empty_camera_source(model, cache_dir, photo, tmp_path):
     p = tmp_path / "dynamic.tflite"
     p.write_bytes(mb.with_input_shape(model, [1, 1, 1, 3], [-1, -1, -1, 3]))
     rc, _, err, _ = run("predict", p, photo)
@@ -473,7 +466,7 @@ def test_patched_dynamic_size_and_empty_camera_source(model, cache, photo, tmp_p
     assert "is a folder" not in err
 
 
-def test_native_chatter_never_comes_before_edgetls_own_lines(test_models, cache, tmp_path):
+def test_native_chatter_never_comes_before_edgetls_own_lines(test_models, cache_dir, tmp_path):
     """What FFmpeg/OpenCV and libtiff print on stderr ("[mov,mp4,...] moov atom not found", "LZWDecode: Not
     enough data at scanline 0") is held back: stderr holds only edgetl's lines; a failed file's line may end
     with the decoder's last word."""
@@ -515,7 +508,7 @@ def test_native_chatter_never_comes_before_edgetls_own_lines(test_models, cache,
 # ------------------------------------------------------------------ 7. a swapped model in a run
 
 
-def test_a_swapped_model_is_not_trusted_as_passed(fake_run, cache, photo):
+def test_a_swapped_model_is_not_trusted_as_passed(fake_run, cache_dir, photo):
     """`cp model_int8.tflite model_float32.tflite`: the file's SHA-256 no longer matches the one recorded
     with its parity result. --mode float32 uses it with a warning saying so; the automatic choice leaves it
     out (with that warning); a run whose every model was swapped has none that passed."""

@@ -18,18 +18,35 @@ from edge_runtime.errors import EdgetlError
 
 class _PlainHelpCommand(typer.core.TyperCommand):
     """Typer's help, with its type placeholders (``<path>``, ``<list[str]>``) and braces around
-    arguments (``{DATA_DIR}``) removed: metavars already say what to write, in plain words."""
+    arguments (``{DATA_DIR}``) removed: metavars already say what to write, in plain words. They are
+    removed from each entry before the columns are laid out, so every description starts in one column."""
 
-    def get_help(self, ctx) -> str:
+    @staticmethod
+    def _plain(text: str) -> str:
         import re
 
-        text = super().get_help(ctx)
         text = re.sub(r"\{([A-Za-z0-9_.|\[\]]+)\}", r"\1", text)
         return re.sub(r" <[a-zA-Z\[\]|,. ]+>", "", text)
+
+    def format_options(self, ctx, formatter) -> None:
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            rv = param.get_help_record(ctx)
+            if rv is not None:
+                rv = (self._plain(rv[0]), rv[1])
+                (args if param.param_type_name == "argument" else opts).append(rv)
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+    def get_help(self, ctx) -> str:
+        return self._plain(super().get_help(ctx))
 
 
 app = typer.Typer(
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h = --help, on every verb too
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -92,6 +109,9 @@ Devices = typer.Option(None, "--devices", metavar="LIST",
 WorkerTimeout = typer.Option(None, "--worker-timeout", metavar="SECONDS",
                              help="Several workers: how long to wait for them to join, and for each to reach a "
                                   "step the others are at (default 600).")
+OutputOpt = typer.Option(None, "--output", metavar="NAME_OR_INDEX",
+                         help="For a model with several outputs: the head to read, by position (0, 1, ...) or name "
+                              "(default: the first score vector whose metadata gives labels).")
 TopK = typer.Option(3, "--top-k", metavar="K", show_default=False, help="How many classes to report (default 3).")
 
 
@@ -387,14 +407,14 @@ def _check_runtime_flags(top_k=None, threads=None):
     _check_numbers(top_k=top_k, threads=threads)
 
 
-def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None):
+def _classifier(model, threads, labels, backend, input_range, resize=None, mode=None, output=None):
     from edge_runtime import choose
     from edge_runtime.classifier import Classifier
 
     model, threads = choose.resolve(model, mode=mode, threads=threads, backend=backend,
                                     say=lambda m: print(m, file=sys.stderr, flush=True), classifier_class=Classifier)
     clf = Classifier(model, num_threads=threads, labels=labels, backend=backend, input_range=input_range,
-                     resize=resize, warn=False, cli=True)
+                     resize=resize, warn=False, cli=True, output=output)
     for note in clf.notes:
         print(f"warning: {note}", file=sys.stderr)
     return clf
@@ -422,6 +442,7 @@ def predict(
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
     mode: Optional[str] = ModeOpt,
+    output: Optional[str] = OutputOpt,
 ):
     """Classify image files; folders are recursed.
 
@@ -435,7 +456,7 @@ def predict(
     if as_json and as_csv:
         raise EdgetlError("--json and --csv are exclusive", hint="pick one output format")
     _check_runtime_flags(top_k, threads)
-    clf = _classifier(model, threads, labels, backend, input_range, resize, mode)
+    clf = _classifier(model, threads, labels, backend, input_range, resize, mode, output)
     fmt = "json" if as_json else "csv" if as_csv else "table"
     with runtime_cmds.pipe_closed_is_the_end():
         runtime_cmds.predict(clf, paths, top_k, fmt)
@@ -456,6 +477,7 @@ def camera(
     threads: Optional[int] = Threads,
     backend: Optional[str] = Backend,
     mode: Optional[str] = ModeOpt,
+    output: Optional[str] = OutputOpt,
 ):
     """Classify a live camera, a video file or a stream; a window with top-k and FPS, or JSON lines."""
     from edge_runtime import camera as cam
@@ -463,7 +485,7 @@ def camera(
     from toolchain.commands import runtime as runtime_cmds
 
     _check_numbers(smooth=smooth, max_frames=max_frames, top_k=top_k, threads=threads)
-    clf = _classifier(model, threads, labels, backend, input_range, mode=mode)
+    clf = _classifier(model, threads, labels, backend, input_range, mode=mode, output=output)
     with runtime_cmds.pipe_closed_is_the_end():
         summary = cam.run(clf, source, headless=headless, max_frames=max_frames, smooth=smooth, top_k=top_k)
     s = summary.as_dict()
@@ -488,6 +510,7 @@ def bench(
     labels: Optional[Path] = Labels,
     input_range: Optional[str] = InputRange,
     backend: Optional[str] = Backend,
+    output: Optional[str] = OutputOpt,
 ):
     """Latency (p50/p90/p99), FPS, size, peak memory and backend, per thread count. Given a run folder:
     every model of the run that passed its parity gate, measured in one interleaved loop at each thread
@@ -500,22 +523,35 @@ def bench(
             _check_numbers(threads=int(t))
     with runtime_cmds.pipe_closed_is_the_end():
         if model.is_dir():
+            if output is not None:
+                raise EdgetlError("--output chooses a head of one .tflite model; a run's models have one output",
+                                  hint="pass the .tflite file with --output, or drop --output")
             runtime_cmds.bench_run(model, threads, runs, warmup, image, as_json, backend)
         else:
-            runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend)
+            runtime_cmds.bench(model, threads or "1,2", runs, warmup, image, as_json, labels, input_range, backend,
+                               output)
 
 
-@app.command(cls=_PlainHelpCommand, short_help="What a model is: inputs, outputs, operators, precision, metadata.")
+InfoModelArg = typer.Argument(..., metavar="MODEL", show_default=False,
+                              help="A .tflite model, or a run folder: its models with their parity results, and "
+                                   "the one this device uses.")
+
+
+@app.command(cls=_PlainHelpCommand, short_help="A model's I/O, operators and metadata; a run's models and choice.")
 def info(
-    model: Path = ModelArg,
+    model: Path = InfoModelArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     backend: Optional[str] = Backend,
 ):
-    """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model."""
+    """Inputs, outputs, quantization, operators, precision and the embedded metadata of a model; for a run
+    folder, its models (size, precision, parity) and which one predict and camera use on this device."""
     from toolchain.commands import runtime as runtime_cmds
 
     with runtime_cmds.pipe_closed_is_the_end():
-        runtime_cmds.info(model, as_json, backend)
+        if model.is_dir():
+            runtime_cmds.info_run(model, as_json, backend)
+        else:
+            runtime_cmds.info(model, as_json, backend)
 
 
 # ------------------------------------------------------------------ entry point
@@ -581,7 +617,8 @@ def main(argv=None):
         _fail(e.message, e.hint, e.exit_code)
     except ex.UsageError as e:
         if no_args_help is not None and isinstance(e, no_args_help):
-            e.show()
+            # bare `edgetl`: a request for help (as `edgetl -h`): the help on stdout, exit 0
+            typer.echo(e.ctx.get_help())
             sys.exit(0)
         where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "edgetl"
         msg = " ".join(e.format_message().split())

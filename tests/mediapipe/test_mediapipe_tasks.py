@@ -6,6 +6,8 @@ skips where mediapipe is not installed."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -102,3 +104,79 @@ def test_reference_models_identical_pixels(shared, rel):
             scores, _ = _scores(mpc, img, clf.num_classes)
             assert int(np.argmax(scores)) == top[0]["index"]
             assert clf.classify(img, top_k=1)[0].index == top[0]["index"]
+
+
+# ------------------------------------------------------------------ foreign models: calibration, several heads
+
+
+def _mp_heads(mpc, pixels):
+    """MediaPipe's classification lists, one per head: [(head_index, head_name, {index: (name, score)})]."""
+    r = mpc.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels)))
+    return [(h.head_index, h.head_name, {c.index: (c.category_name, c.score) for c in h.categories})
+            for h in r.classifications]
+
+
+@pytest.mark.parametrize("name", ["calib_IDENTITY", "calib_LOG", "calib_INVERSE_LOGISTIC", "calib_uint8"])
+def test_score_calibration_gives_mediapipes_scores(test_models, shared, name):
+    """A model whose standard metadata carries ScoreCalibrationOptions (sigmoids, an empty line for the
+    default score, a min_score): on the same pixels edge_runtime's scores are MediaPipe's within 1e-4,
+    and the calibration changes the answer on some photos (uncalibrated scores would fail this test)."""
+    path = test_models / f"{name}.tflite"
+    clf = Classifier(path, num_threads=1)
+    assert not clf.notes and clf.calibration is not None
+    changed = 0
+    with _classifier(path) as mpc:
+        for img in _photos(shared):
+            px = fit_like_mediapipe(img, clf.input_size)
+            scores, names = _scores(mpc, px, clf.num_classes)
+            assert names == clf.labels
+            ours = clf.run_tensor(clf.from_pixels(px))
+            np.testing.assert_allclose(scores, ours, atol=1e-4)
+            assert int(np.argmax(scores)) == int(np.argmax(ours))
+            clf.calibration, cal = None, clf.calibration
+            changed += int(np.argmax(clf.run_tensor(clf.from_pixels(px)))) != int(np.argmax(ours))
+            clf.calibration = cal
+    assert changed > 0
+
+
+def test_calibration_mediapipe_refuses_is_reported(test_models):
+    """A calibration file with one line more than the scores (it ends in a newline): MediaPipe fails on
+    every image; edge_runtime says why when the model is opened and gives uncalibrated scores."""
+    path = test_models / "calib_newline.tflite"
+    clf = Classifier(path, num_threads=1, warn=False)
+    assert clf.calibration is None and "5 lines for 4 scores" in clf.notes[0]
+    # in a process of its own: a MediaPipe graph that failed cannot be closed cleanly (it raises again, and
+    # its finalizer once more), which must not disturb the other tests
+    code = ("import sys, numpy as np, mediapipe as mp\n"
+            "from mediapipe.tasks.python import vision, BaseOptions\n"
+            "o = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]))\n"
+            "c = vision.ImageClassifier.create_from_options(o)\n"
+            "try:\n"
+            "    c.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((32, 32, 3), np.uint8)))\n"
+            "    print('classified')\n"
+            "except Exception as e:\n"
+            "    print('refused:', str(e).replace(chr(10), ' '))\n"
+            "sys.stdout.flush()\n"
+            "import os; os._exit(0)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert "refused:" in r.stdout and "Mismatch between number of sigmoids (5)" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_every_head_of_a_model_with_several_outputs(test_models, shared):
+    """MediaPipe gives one classification list per output; edge_runtime reads one head (the first with labels
+    by default, any with output=) and gives that head's list: same labels, scores within 1e-4."""
+    path = test_models / "heads3.tflite"
+    default = Classifier(path, num_threads=1, warn=False)
+    with _classifier(path) as mpc:
+        for img in _photos(shared):
+            px = fit_like_mediapipe(img, default.input_size)
+            heads = _mp_heads(mpc, px)
+            assert [(i, n) for i, n, _ in heads] == [(0, "features"), (1, "colour"), (2, "shade")]
+            assert default.output_index == 1
+            for index, _, cats in heads:
+                clf = Classifier(path, num_threads=1, output=index, warn=False)
+                ours = clf.run_tensor(clf.from_pixels(px))
+                theirs = np.array([cats[i][1] for i in range(clf.num_classes)])
+                np.testing.assert_allclose(theirs, ours, atol=1e-4)
+                if index:  # labelled heads: MediaPipe's names are edge_runtime's labels
+                    assert [cats[i][0] for i in range(clf.num_classes)] == clf.labels

@@ -91,11 +91,13 @@ def print_result(r: dict):
     print(f"parity of {r['tflite_model']} against {r['keras_model']} on {r['n']} photos ({r['data']})")
     rows = [
         ["top-1 accuracy", f(r.get("keras_accuracy")), f(r.get("tflite_accuracy"))],
-        ["size (KB)", f"{r['keras_size_bytes'] / 1024:.0f}", f"{r['tflite_size_bytes'] / 1024:.0f}"],
+        ["size (MB)", f"{r['keras_size_bytes'] / 1e6:.2f}", f"{r['tflite_size_bytes'] / 1e6:.2f}"],
         ["p50 latency (ms, 1 image)", f(r["keras_latency_ms_p50"], 2), f(r["tflite_latency_ms_p50"], 2)],
     ]
     print(ui.table(rows, ["", "keras", "tflite"]))
-    print(f"accuracy drop     {f(r.get('accuracy_drop_pt'), 2)} pt   (gate: <= {r['max_drop']:g})")
+    ci = r.get("accuracy_drop_ci95_pt")
+    ci_text = f", 95% interval [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    print(f"accuracy drop     {f(r.get('accuracy_drop_pt'), 2)} pt{ci_text}   (gate: <= {r['max_drop']:g})")
     print(f"top-1 agreement   {r['agreement']:.4f}    (gate: >= {r['min_agreement']:g})")
     print(f"KL divergence     {f(r['kl_mean'], 6)} mean")
     print(f"cosine similarity {f(r['cosine_mean'], 6)} mean")

@@ -68,7 +68,7 @@ def precheck_new(data_dir, out, cfg):
     """Everything about a new run that needs no TensorFlow and no lock."""
     runfolder.check_data_relation(out, data_dir)
     data_mod.scan(data_dir)  # a bad data folder fails before anything is written (and what is ignored is said)
-    modeling.check_weights_arg(cfg.weights)
+    modeling.check_weights_arg(cfg.weights, cfg.alpha, cfg.image_size)  # offline: fails now, not after TF loads
 
 
 def make_base(cfg, check_fine_tune: bool):
@@ -184,23 +184,31 @@ def _tag(ctx) -> str:
 # ------------------------------------------------------------------ the verbs
 
 
-def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path | None:
-    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end).
-    ``dist``: this process is one worker of a cluster (collective.Context); None: one process."""
-    out = Path(out)
+@contextlib.contextmanager
+def _new_run(data_dir, out: Path, cfg, force: bool, dist, devices, check_fine_tune: bool):
+    """How every new run starts (train, build): the cheap checks, the lock, TensorFlow and the context, the
+    base model, the staged folder. Yields (context, staged run or None, the folder to write, base, weights
+    info, start time)."""
     precheck_new(data_dir, out, cfg)
     with _lock(out, dist):
         ctx, _ = _begin(dist, devices, lambda: runfolder.check_new(out, force, data_dir) and None)
         with ctx.guard():
             t0 = time.perf_counter()
-            base, weights = ctx.together(lambda: make_base(cfg, check_fine_tune=False))
+            base, weights = ctx.together(lambda: make_base(cfg, check_fine_tune=check_fine_tune))
             with _staged(ctx, out, fresh=True) as st:
-                run = st.path if st else _scratch(ctx)
-                _model, _ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx)
-                if not ctx.chief:
-                    return None
-                report.write(run, rep, name=out.name)
-                st.commit("trained")
+                yield ctx, st, (st.path if st else _scratch(ctx)), base, weights, t0
+
+
+def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path | None:
+    """Stage 1 into a new run folder (replacing an old run only with --force, and only at the end).
+    ``dist``: this process is one worker of a cluster (collective.Context); None: one process."""
+    out = Path(out)
+    with _new_run(data_dir, out, cfg, force, dist, devices, False) as (ctx, st, run, base, weights, t0):
+        _model, _ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx)
+        if not ctx.chief:
+            return None
+        report.write(run, rep, name=out.name)
+        st.commit("trained")
     ui.info(f"elapsed {time.perf_counter() - t0:.1f}s")
     return out
 
@@ -265,47 +273,40 @@ def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=Non
     from toolchain.core import parity
 
     out = Path(out)
-    precheck_new(data_dir, out, cfg)
-    with _lock(out, dist):
-        ctx, _ = _begin(dist, devices, lambda: runfolder.check_new(out, force, data_dir) and None)
-        with ctx.guard():
-            t0 = time.perf_counter()
-            base, weights = ctx.together(lambda: make_base(cfg, check_fine_tune=True))
-            with _staged(ctx, out, fresh=True) as st:
-                run = st.path if st else _scratch(ctx)
-                prefix = train.PrefixCache(run / "cache")  # stage 2 on the frozen prefix's outputs, if it can
-                try:
-                    model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx, prefix)
-                    model, ds, rep = _finetune_into(run, cfg, model, ds, rep, ctx, prefix)
-                    t2 = time.perf_counter()
-                    # what conversion and parity need from every worker: calibration photos and the parity
-                    # photos (gathered), the Keras model's probabilities on them (each worker its share)
-                    calib = convert.calibration_from_run(ds, cfg) if "int8" in cfg.quantize else None
-                    evalset = convert.run_evalset(ds, cfg.seed)
-                    k = int(model.output.shape[-1])
-                    if prefix.has(evalset.rows, model):  # only the layers above the prefix run
-                        evalset.p_keras = prefix.predict(model, evalset.rows)
-                    else:
-                        evalset.p_keras = ctx.shard_positions(
-                            lambda idx: parity.keras_probabilities(model, evalset.tensors[idx], (0.0, 255.0),
-                                                                   desc="keras on parity set"),
-                            len(evalset.tensors), (0, k))
-                finally:
-                    prefix.close()
-                if not ctx.chief:
-                    ui.info("this worker's part is done; the chief converts and writes the run")
-                    return None
-                results = convert.quantize_run(run, cfg, model=model, ds=ds, calibration=calib, evalset=evalset)
-                report.add_timing(run, "quantize", time.perf_counter() - t2, modes=list(results))
-                ok = all(r["passed"] for r in results.values())
-                rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
-                if ok and not keep_cache:
-                    del ds  # the memory map
-                    freed = clean.remove_cache(run)
-                    ui.info(f"deleted {out / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands "
-                            "decode them again when needed; --keep-cache keeps it)")
-                report.write(run, rep, name=out.name)
-                st.commit("built" if ok else "gate-failed")
+    with _new_run(data_dir, out, cfg, force, dist, devices, True) as (ctx, st, run, base, weights, t0):
+        prefix = train.PrefixCache(run / "cache")  # stage 2 on the frozen prefix's outputs, if it can
+        try:
+            model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx, prefix)
+            model, ds, rep = _finetune_into(run, cfg, model, ds, rep, ctx, prefix)
+            t2 = time.perf_counter()
+            # what conversion and parity need from every worker: calibration photos and the parity
+            # photos (gathered), the Keras model's probabilities on them (each worker its share)
+            calib = convert.calibration_from_run(ds, cfg) if "int8" in cfg.quantize else None
+            evalset = convert.run_evalset(ds, cfg.seed)
+            k = int(model.output.shape[-1])
+            if prefix.has(evalset.rows, model):  # only the layers above the prefix run
+                evalset.p_keras = prefix.predict(model, evalset.rows)
+            else:
+                evalset.p_keras = ctx.shard_positions(
+                    lambda idx: parity.keras_probabilities(model, evalset.tensors[idx], (0.0, 255.0),
+                                                           desc="keras on parity set"),
+                    len(evalset.tensors), (0, k))
+        finally:
+            prefix.close()
+        if not ctx.chief:
+            ui.info("this worker's part is done; the chief converts and writes the run")
+            return None
+        results = convert.quantize_run(run, cfg, model=model, ds=ds, calibration=calib, evalset=evalset)
+        report.add_timing(run, "quantize", time.perf_counter() - t2, modes=list(results))
+        ok = all(r["passed"] for r in results.values())
+        rep = runfolder.update_report(run, status="built" if ok else "gate-failed")
+        if ok and not keep_cache:
+            del ds  # the memory map
+            freed = clean.remove_cache(run)
+            ui.info(f"deleted {out / 'cache'}/ ({report.mb(freed)} MB of decoded photos; later commands "
+                    "decode them again when needed; --keep-cache keeps it)")
+        report.write(run, rep, name=out.name)
+        st.commit("built" if ok else "gate-failed")
     return finish_build(rep, results, out)
 
 

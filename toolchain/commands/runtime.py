@@ -16,6 +16,13 @@ from toolchain import ui
 
 
 IMAGE_FORMATS = "JPEG, PNG, GIF, BMP, WebP or TIFF"
+# Labels in a list are joined with " | ": ImageNet's labels hold commas ("tench, Tinca tinca"), so a comma
+# would not say where one label ends; a label that holds "|" itself is shown quoted.
+LABEL_SEP = " | "
+
+
+def label_text(label: str) -> str:
+    return json.dumps(label, ensure_ascii=False) if "|" in label or label != label.strip() else label
 
 
 def _expand(paths, skipped: list):
@@ -86,10 +93,14 @@ def predict(clf, paths, top_k: int, fmt: str, out=None) -> dict:
                              ";".join(f"{x.label}:{x.score:.4f}" for x in preds)])
         else:
             rows.append([str(p), preds[0].label, f"{preds[0].score:.4f}",
-                         ", ".join(f"{x.label} {x.score:.3f}" for x in preds[1:])])
+                         LABEL_SEP.join(f"{label_text(x.label)} {x.score:.3f}" for x in preds[1:]
+                                        if round(x.score, 3) > 0)])  # runners-up at 0.000 say nothing
     flush_pending()
     if fmt == "table" and rows:
-        out.write(ui.table(rows, ["path", "label", "score", "next"], ["<", "<", ">", "<"]) + "\n")
+        if any(r[3] for r in rows):
+            out.write(ui.table(rows, ["path", "label", "score", "next"], ["<", "<", ">", "<"]) + "\n")
+        else:  # every runner-up at 0.000: no "next" column
+            out.write(ui.table([r[:3] for r in rows], ["path", "label", "score"], ["<", "<", ">"]) + "\n")
     out.flush()
     classified, skipped, failed = n["classified"], n["skipped"], n["failed"]
     total = classified + skipped + failed
@@ -148,7 +159,7 @@ def _parse_threads(text: str) -> list:
     return t
 
 
-def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend):
+def bench(model, threads, runs, warmup, image, as_json, labels, input_range, backend, output=None):
     from edge_runtime import bench as bench_mod
 
     thread_counts = _parse_threads(threads)  # flags first: an error names the flag, not the model
@@ -164,11 +175,11 @@ def bench(model, threads, runs, warmup, image, as_json, labels, input_range, bac
         import cv2
 
         frame = cv2.cvtColor(preprocess.decode_image(image), cv2.COLOR_RGB2BGR)
-    res = bench_mod.bench(model, thread_counts, runs, warmup, frame, backend, labels, input_range)
+    res = bench_mod.bench(model, thread_counts, runs, warmup, frame, backend, labels, input_range, output)
     if as_json:
         print(json.dumps(res))
         return
-    print(f"model    {res['model']} ({res['size_bytes'] / 1024:.0f} KB)")
+    print(f"model    {res['model']} ({res['size_bytes'] / 1e6:.2f} MB)")
     print(f"backend  {res['backend']} (XNNPACK {'on' if res['xnnpack'] else 'off'}), input "
           f"{res['input']['dtype']} {res['input']['shape']}, frame {res['frame'][1]}x{res['frame'][0]}")
     rows = []
@@ -231,7 +242,78 @@ def _fmt_list(values, n: int = 3) -> str:
 
 
 def _fmt_labels(labels, n: int = 8) -> str:
-    return f"{len(labels)}: {', '.join(labels[:n])}{' ...' if len(labels) > n else ''}"
+    return f"{len(labels)}: {LABEL_SEP.join(label_text(x) for x in labels[:n])}{' ...' if len(labels) > n else ''}"
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ci_text(ci) -> str:
+    """``-0.37, 0.62`` for a recorded [low, high] interval; "" when absent or not two numbers."""
+    return f"{ci[0]:.2f}, {ci[1]:.2f}" if isinstance(ci, list) and len(ci) == 2 and all(map(_is_num, ci)) else ""
+
+
+def info_run(run, as_json: bool, backend=None):
+    """`edgetl info RUN`: the run's models (size, precision, parity result), and the one this device uses
+    (as remembered; nothing is measured here: predict, camera and bench measure it once)."""
+    from edge_runtime import choose, files
+
+    run = Path(run)
+    if not choose.is_run_folder(run):
+        raise EdgetlError(f"{run} is a folder but not an edgetl run with TFLite models",
+                          hint="pass a .tflite model, or a run folder made by `edgetl build`")
+    cands = choose.candidates(run)
+    try:
+        rep = files.read_json(run / "report.json", what="report")
+    except (files.FileProblem, ValueError):
+        rep = {}
+    rep = rep if isinstance(rep, dict) else {}
+    tfl = rep.get("tflite") if isinstance(rep.get("tflite"), dict) else {}
+    cfg = rep.get("config") if isinstance(rep.get("config"), dict) else {}
+    classes = [str(c) for c in rep.get("classes") or []] if isinstance(rep.get("classes"), list) else []
+    choice = choose.remembered(run)
+    models = []
+    for c in cands:
+        r = tfl.get(c.mode) if isinstance(tfl.get(c.mode), dict) else {}
+        models.append({"mode": c.mode, "path": c.path.name, "size_bytes": c.size_bytes, "passed": c.passed,
+                       "reason": c.reason, "modified": c.modified, "precision": r.get("precision"),
+                       "test_accuracy": r.get("test_accuracy"), "test_n": r.get("test_n"), "n": r.get("n"),
+                       "accuracy_drop_pt": r.get("accuracy_drop_pt"),
+                       "accuracy_drop_ci95_pt": r.get("accuracy_drop_ci95_pt"), "agreement": r.get("agreement")})
+    if as_json:
+        print(json.dumps({"run": str(run), "classes": classes, "status": rep.get("status"), "models": models,
+                          "choice": choice.as_dict() if choice else None, "cache": str(choose.cache_file())}))
+        return
+    print(f"run        {run}: {len(classes)} classes, MobileNetV2 alpha {cfg.get('alpha')} at "
+          f"{cfg.get('image_size')} px, status {rep.get('status')}")
+    if classes:
+        print(f"labels     {_fmt_labels(classes)}")
+    rows = []
+    for m in models:
+        gate = ("changed after the build" if m["modified"] else "pass" if m["passed"] else "FAIL")
+        drop, ci = m["accuracy_drop_pt"], _ci_text(m["accuracy_drop_ci95_pt"])
+        drop_s = "-" if not _is_num(drop) else f"{drop:.2f}" + (f" [{ci}]" if ci else "")
+        rows.append([m["mode"], m["path"], f"{m['size_bytes'] / 1e6:.2f}", str(m["precision"] or "-"),
+                     f"{m['test_accuracy']:.4f}" if _is_num(m["test_accuracy"]) else "-", drop_s,
+                     f"{m['agreement']:.4f}" if _is_num(m["agreement"]) else "-", gate])
+    n_all = next((m["n"] for m in models if m["n"]), None)
+    n_test = next((m["test_n"] for m in models if m["test_n"]), None)
+    print(ui.table(rows, ["mode", "file", "size MB", "precision", f"test acc ({n_test or '-'})",
+                          f"drop pt, all {n_all or '-'} [95% CI]", f"agreement ({n_all or '-'})", "parity"],
+                   ["<", "<", ">", "<", ">", ">", ">", "<"]))
+    for m in models:
+        if not m["passed"] and m["reason"]:
+            print(f"not used   {m['mode']}: {m['reason']}")
+    if choice is not None:
+        print(f"choice     {Path(choice.path).name} at {choice.threads} thread(s) on this device ({choice.p50_ms:.2f} ms "
+              f"p50, measured {choice.measured}); predict and camera use it, `edgetl bench {run}` measures again")
+    elif any(m["passed"] for m in models):
+        print(f"choice     not measured on this device yet: `edgetl predict {run} ...` and `edgetl camera {run}` "
+              f"measure the passing models once and use the fastest (`edgetl bench {run}` shows the figures)")
+    else:
+        print("choice     none: no model of this run passed its parity gate (--mode MODE forces one)")
+    print(f"details    `edgetl info {run / models[0]['path']}`: inputs, outputs, operators and metadata of one model")
 
 
 def info(model, as_json: bool, backend):
@@ -248,7 +330,7 @@ def info(model, as_json: bool, backend):
     if as_json:
         print(json.dumps(d))
         return
-    print(f"model      {d['path']} ({d['size_bytes'] / 1024:.0f} KB)")
+    print(f"model      {d['path']} ({d['size_bytes'] / 1e6:.2f} MB)")
     print(f"precision  {d['precision']}" + (f" (float ops: {', '.join(sorted(set(d['float_ops'])))})"
                                             if d["float_ops"] and d["precision"] != "float32" else ""))
     print(f"backend    {d['backend']}")
@@ -295,8 +377,10 @@ def info(model, as_json: bool, backend):
             print(f"  dataset  {ds.get('total')} photos, {len(ds.get('classes', []))} classes, from {ds.get('data_dir')}")
         par = meta.get("parity")
         if par:
+            ci = _ci_text(par.get("accuracy_drop_ci95_pt"))
+            ci = f" [95% CI {ci}]" if ci else ""
             print(f"  parity   on {par.get('n')} photos ({par.get('data')}): keras acc {par.get('keras_accuracy')}, "
-                  f"tflite acc {par.get('tflite_accuracy')}, drop {par.get('accuracy_drop_pt')} pt, agreement "
+                  f"tflite acc {par.get('tflite_accuracy')}, drop {par.get('accuracy_drop_pt')} pt{ci}, agreement "
                   f"{par.get('agreement')}, KL {par.get('kl_mean')} -> {'pass' if par.get('passed') else 'FAIL'}")
     if not std and not meta:
         print("metadata   none: pass --labels, and --input-range for a float input")

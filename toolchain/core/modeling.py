@@ -62,12 +62,7 @@ def make_base(cfg):
         except Exception as e:  # keras raises a plain Exception("URL fetch failure ...") when offline
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "fetch failure" in text or "urlopen" in text.lower() or isinstance(e, OSError):
-                raise EdgetlError(
-                    f"could not download the ImageNet weights for MobileNetV2 (alpha {cfg.alpha}, {S} px): {text}",
-                    hint=f"connect to the internet once (Keras caches the file), or pass --weights PATH to a local "
-                    f"{imagenet_filename(cfg.alpha, 224)} (the 224 no-top file works at every image size), "
-                    "or --weights none to train from scratch",
-                ) from None
+                raise offline_error(cfg.alpha, S, keras_fetch_reason(text)) from None
             raise
         home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
         cached = Path(home) / "models" / imagenet_filename(cfg.alpha, S)
@@ -256,9 +251,83 @@ def is_edgetl_model(model) -> bool:
         return False
 
 
-def check_weights_arg(weights) -> None:
-    """Before anything heavy: a --weights PATH must exist (imagenet and none are checked later)."""
+# Where Keras downloads the ImageNet weights of MobileNetV2 from (keras.applications.mobilenet_v2).
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+REACH_SECONDS = 10.0  # how long the check before TensorFlow waits for that server to answer
+
+
+def offline_error(alpha, size, reason: str) -> EdgetlError:
+    return EdgetlError(
+        f"could not download the ImageNet weights for MobileNetV2 (alpha {alpha}, {size} px): {reason}",
+        hint=f"connect to the internet once (Keras caches the file), or pass --weights PATH to a local "
+             f"{imagenet_filename(alpha, 224)} (the 224 no-top file works at every image size), "
+             "or --weights none to train from scratch")
+
+
+def keras_fetch_reason(text: str) -> str:
+    """Keras' "URL fetch failure on URL: None -- [Errno -3] Temporary failure in name resolution" ->
+    "Temporary failure in name resolution (URL)"."""
+    import re
+
+    m = re.match(r"URL fetch failure on (\S+): \S+ -- (.*)", text)
+    if not m:
+        return text
+    reason = re.sub(r"^(<urlopen error )?(\[Errno -?\d+\] )?", "", m.group(2)).rstrip(">").strip()
+    return f"{reason or 'no answer'} ({m.group(1)})"
+
+
+def cached_imagenet_file(alpha, size) -> Path | None:
+    """The ImageNet weights file Keras would load without downloading (its cache: $KERAS_HOME/models, else
+    ~/.keras/models; /tmp/.keras/models when that folder is not writable), or None."""
+    name = imagenet_filename(alpha, size)
+    home = Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")).expanduser()
+    places = [home / "models" / name]
+    if not os.access(home, os.W_OK):
+        places.append(Path("/tmp/.keras/models") / name)
+    return next((p for p in places if p.is_file()), None)
+
+
+def unreachable(url: str, timeout: float = REACH_SECONDS) -> str | None:
+    """Why ``url`` cannot be reached (no network, no name resolution, refused, no answer within
+    ``timeout``), or None when its server answers (any HTTP status: the download itself is Keras')."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    result: list = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            result.append(None)
+        except urllib.error.HTTPError:
+            result.append(None)  # the server answered
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            result.append(str(getattr(reason, "strerror", None) or reason or type(e).__name__))
+
+    t = threading.Thread(target=probe, daemon=True)  # name resolution has no timeout of its own
+    t.start()
+    t.join(timeout + 1.0)
+    if not result:
+        return f"no answer within {timeout:.0f} s"
+    return result[0]
+
+
+def check_weights_arg(weights, alpha=None, size=None) -> None:
+    """Before anything heavy: a --weights PATH must exist; --weights imagenet (given ``alpha`` and
+    ``size``) must be in Keras' cache or its server reachable, so that going offline fails at once with
+    one clean line instead of after TensorFlow has loaded."""
     w = str(weights)
+    if w.lower() == "imagenet" and alpha is not None and size is not None:
+        if cached_imagenet_file(alpha, size) is None:
+            url = IMAGENET_URL + imagenet_filename(alpha, size)
+            why = unreachable(url)
+            if why is not None:
+                from urllib.parse import urlsplit
+
+                raise offline_error(alpha, size, f"{urlsplit(url).hostname} cannot be reached ({why})")
+        return
     if w.lower() in ("imagenet", "none"):
         return
     p = Path(w).expanduser()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from toolchain.rundir import runfolder
 from toolchain import ui
+from toolchain.core import metrics
 from toolchain.core.data import printable
 
 
@@ -121,7 +122,11 @@ def outcome_lines(rep: dict) -> list:
 
 def curves_figure(rep: dict):
     """The training-curves figure (None without a stage-1 history): loss and accuracy per epoch over both
-    stages, the kept epoch marked, a discarded stage 2 greyed out, and a caption saying what happened."""
+    stages, the kept epoch marked, a discarded stage 2 greyed out, and a caption saying what happened.
+
+    Stage 2 starts from the weights of stage 1's kept epoch (early stopping restores them), not from its
+    last epoch: its curve is drawn apart, linked by a dotted line to the kept stage-1 epoch, which is
+    marked too. The legend sits above both plots (never over a curve); an accuracy axis ends at 1.0."""
     hist = rep.get("history") or {}
     h1, h2 = hist.get("feature_extraction") or {}, hist.get("fine_tune") or {}
     if not h1:
@@ -132,16 +137,34 @@ def curves_figure(rep: dict):
     n1 = len(h1.get("loss", []))
     n2 = len(h2.get("loss", []))
     discarded = bool(ft.get("discarded")) or not n2
-    kept_x = fe.get("kept_epoch") if discarded else n1 + (ft.get("kept_epoch") or n2)
+    k1 = fe.get("kept_epoch") or n1
+    kept_x = k1 if discarded else n1 + (ft.get("kept_epoch") or n2)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    legend = {}  # label -> handle, for the one legend of the figure
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            y = list(h1.get(prefix + key, [])) + list(h2.get(prefix + key, []))
-            xs = list(range(1, len(y) + 1))
-            line = ax.plot(xs, y, style, marker="o", ms=3, label=("val " if prefix else "train ") + key)[0]
-            if kept_x and prefix == "val_" and 1 <= kept_x <= len(y):
-                ax.plot([kept_x], [y[kept_x - 1]], marker="*", ms=14, color=line.get_color(), mec="black",
-                        mew=0.6, ls="none", zorder=5, label=f"kept weights (epoch {kept_x})")
+        for prefix, style, color, name in (("", "-", "C0", "train"), ("val_", "--", "C1", "validation")):
+            y1, y2 = list(h1.get(prefix + key, [])), list(h2.get(prefix + key, []))
+            line = ax.plot(range(1, len(y1) + 1), y1, style, marker="o", ms=3, color=color, clip_on=False,
+                           gid=f"stage1-{prefix}{key}")[0]
+            legend.setdefault(name, line)
+            if y2:
+                ax.plot(range(n1 + 1, n1 + len(y2) + 1), y2, style, marker="o", ms=3, color=color, clip_on=False,
+                        gid=f"stage2-{prefix}{key}")
+                if 1 <= k1 <= len(y1):  # where stage 2 starts from: the kept stage-1 weights
+                    link = ax.plot([k1, n1 + 1], [y1[k1 - 1], y2[0]], ":", color=color, lw=1, alpha=0.8,
+                                   clip_on=False, gid=f"stage2-start-{prefix}{key}")[0]
+                    legend.setdefault("stage 2 starts from the kept stage-1 weights", link)
+            if prefix != "val_":
+                continue
+            y = y1 + y2 if not discarded else y1
+            if n2 and not discarded and 1 <= k1 <= len(y1):
+                mark = ax.plot([k1], [y1[k1 - 1]], marker="D", ms=7, color=color, mec="black", mew=0.6, ls="none",
+                               zorder=5, clip_on=False, gid="stage1-kept")[0]
+                legend.setdefault(f"stage-1 weights kept (epoch {k1})", mark)
+            if kept_x and 1 <= kept_x <= len(y):
+                star = ax.plot([kept_x], [y[kept_x - 1]], marker="*", ms=14, color=color, mec="black", mew=0.6,
+                               ls="none", zorder=5, clip_on=False, gid="kept")[0]
+                legend.setdefault(f"kept weights (epoch {kept_x})", star)
         if kept_x:
             ax.axvline(kept_x, color="green", ls=":", lw=1.2)
         # what happened, just above the frame (clear of the curves), right-aligned (clear of the title)
@@ -151,13 +174,15 @@ def curves_figure(rep: dict):
             marks.append("stage 2 (shaded): " + ("discarded" if discarded else "fine-tuned")
                          + (", early stopping" if ft.get("stopped_early") else ""))
         if marks:
-            ax.text(1.0, 1.01, "; ".join(marks), ha="right", va="bottom", fontsize=8, color="dimgrey",
-                    transform=ax.transAxes)
+            ax.annotate("; ".join(marks), (1.0, 1.0), xycoords="axes fraction", xytext=(0, 8),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color="dimgrey")
         ax.set_xlabel("epoch (stage 1, then stage 2)" if n2 else "epoch")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    top_to_one(axes[1])
     fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               ncol=min(len(legend), 3), fontsize=8, frameon=False)
     caption = outcome_lines(rep)
     if caption:
         fig.text(0.01, 0.0, "\n".join(caption), ha="left", va="top", fontsize=8.5)
@@ -215,42 +240,64 @@ def _fit_texts(fig, axes, texts, rounds: int = 3):
 
 
 def tradeoff_figure(rep: dict):
-    """Accuracy (over the parity photos) against size, and against p50 latency at 1 thread (None
-    without TFLite accuracy figures). Labels sit inside the axes, the legend away from the points."""
-    tfl = {m: r for m, r in (rep.get("tflite") or {}).items() if r.get("tflite_accuracy") is not None}
+    """Test accuracy (the figure of the report's table, on the test split) against size, and against p50
+    latency at 1 thread (None without TFLite accuracy figures). Labels sit inside the axes, the legend
+    away from the points; the accuracy axis stops at 1.0. Reports without a test accuracy per model fall
+    back on the accuracy over the parity photos, and say so."""
+    tfl = {m: r for m, r in (rep.get("tflite") or {}).items()
+           if r.get("test_accuracy") is not None or r.get("tflite_accuracy") is not None}
     if not tfl:
         return None
     plt = _plt()
+    on_test = all(r.get("test_accuracy") is not None for r in tfl.values())
+    sc = parity_scope(tfl, rep)
+    if on_test:
+        k_acc = (rep.get("keras") or {}).get("test_accuracy")
+        ylabel = f"test accuracy ({sc['test_n']} {sc['split']} photos)"
+    else:
+        k_acc = next(iter(tfl.values())).get("keras_accuracy")
+        ylabel = f"accuracy on all {sc['all_n']} parity photos"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    k_acc = next(iter(tfl.values())).get("keras_accuracy")
     texts = []
     for ax, key, label in ((axes[0], "size", "model size (MB)"), (axes[1], "latency", "p50 latency, 1 thread (ms)")):
         pts = []
         for mode, r in tfl.items():
             x = r["size_bytes"] / 1e6 if key == "size" else (r.get("latency_ms") or {}).get("1", 0.0)
-            pts.append((mode, float(x), float(r["tflite_accuracy"])))
+            y = r["test_accuracy"] if on_test else r["tflite_accuracy"]
+            pts.append((mode, float(x), float(y)))
         xs = [p[1] for p in pts]
         mid = (min(xs) + max(xs)) / 2
         for i, (mode, x, y) in enumerate(pts):
-            ax.scatter(x, y, s=50, zorder=3)
+            ax.scatter(x, y, s=50, zorder=3, clip_on=False)
             right = x > mid  # label toward the middle of the plot
+            below = i % 2 == 1 or y >= 0.995  # a point at the top of the axis: label below it
             texts.append((ax, ax.annotate(mode, (x, y), fontsize=8, zorder=4, ha="right" if right else "left",
-                                          va="bottom" if i % 2 == 0 else "top", annotation_clip=False,
-                                          xytext=(-7 if right else 7, 6 if i % 2 == 0 else -6),
+                                          va="top" if below else "bottom", annotation_clip=False,
+                                          xytext=(-7 if right else 7, -6 if below else 6),
                                           textcoords="offset points")))
         if k_acc is not None:
-            ax.axhline(k_acc, color="grey", ls="--", lw=1, label="Keras model")
+            ax.axhline(k_acc, color="grey", ls="--", lw=1, label="Keras model", clip_on=False)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.margins(0.12)
-    axes[0].set_ylabel(f"accuracy on {next(iter(tfl.values())).get('n')} photos")
+    axes[0].set_ylabel(ylabel)
     fig.suptitle("TFLite models: accuracy against size and latency (this machine)", fontsize=10)
     fig.tight_layout()
     _fit_texts(fig, axes, texts)
+    for ax in axes:  # one shared y axis; each hides its own top spine
+        top_to_one(ax)
     if k_acc is not None:
         for ax in axes:
             ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def top_to_one(ax):
+    """An accuracy axis ends at 1.0 at most (points drawn at 1.0 stay whole: they are not clipped)."""
+    lo, hi = ax.get_ylim()
+    if hi > 1.0:
+        ax.set_ylim(min(lo, 0.999), 1.0)
+        ax.spines["top"].set_visible(False)  # a line at 1.0 (the Keras model's) stays visible
 
 
 def plot_tradeoff(run: Path, rep: dict):
@@ -265,6 +312,35 @@ def _fmt(v, nd=4):
     if isinstance(v, float):
         return f"{v:.{nd}f}"
     return str(v)
+
+
+def _interval(v) -> tuple | None:
+    """A recorded [low, high] interval, or None (absent, or not two numbers)."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+        return float(v[0]), float(v[1])
+    return None
+
+
+def drop_text(drop, ci) -> str:
+    """``0.12 [-0.37, 0.62]``: a drop in points with its 95 % interval (when recorded)."""
+    iv = _interval(ci)
+    text = _fmt(float(drop), 2) if isinstance(drop, (int, float)) else "-"
+    return text + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv and text != "-" else "")
+
+
+def parity_scope(tfl: dict, rep: dict) -> dict:
+    """What photos each parity figure covers: ``all`` (the parity set: n and its description), ``test``
+    (the test split: n and its name), for the labels of the table, the summary and the plot."""
+    first = next(iter(tfl.values())) if tfl else {}
+    k = rep.get("keras") or {}
+    split = k.get("test_split") or "test"
+    test_n = first.get("test_n", k.get("n"))
+    n = first.get("n")
+    desc = str(first.get("parity_data") or f"{n} photos")
+    head = f"{n} photos of the run: "
+    if desc.startswith(head):  # "240 photos of the run: test 24, val 24, train 192"
+        desc = f"all {n} photos of the run ({desc[len(head):]})"
+    return {"all_n": n, "all_desc": desc, "test_n": test_n, "split": split}
 
 
 def write(run: Path, rep: dict, name: str | None = None):
@@ -324,18 +400,29 @@ def write(run: Path, rep: dict, name: str | None = None):
         lines += ["", "![confusion keras](plots/confusion_keras.png)", ""]
     tfl = rep.get("tflite") or {}
     if tfl:
-        first = next(iter(tfl.values()))
+        sc = parity_scope(tfl, rep)
+        all_n, test_n, split = sc["all_n"], sc["test_n"], sc["split"]
         lines += ["## TFLite models", "",
-                  f"Parity (drop, agreement, KL) is measured against the Keras model on {first.get('parity_data')}; "
-                  "test accuracy on the test split alone.", "",
-                  "| mode | size (MB) | full-integer | test acc | drop (pt) | agreement | KL mean | p50 ms (1 thr) "
-                  "| p50 ms (2 thr) | convert s | gate |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"Parity compares each TFLite model with the Keras model on the same photos, so it is measured "
+                  f"on {sc['all_desc']}: a model-against-model comparison, not a measure of generalisation, "
+                  "and the more photos the finer it is"
+                  + (f" (one of {test_n} {split} photos is {100.0 / test_n:.2f} points)" if test_n else "")
+                  + f". Test accuracy is on the {test_n} photos of the "
+                  f"{split} split alone, as the Keras model's ({_fmt(k.get('test_accuracy'))}). A drop is the "
+                  "Keras model's accuracy minus the TFLite model's on the same photos, in points, with its 95 % "
+                  f"interval in brackets ({metrics.DROP_INTERVAL}). The gate uses the drop and the agreement "
+                  f"over all {all_n} photos.", "",
+                  f"| mode | size (MB) | full-integer | test acc ({test_n} {split} photos) "
+                  f"| drop (pt), {test_n} {split} photos | drop (pt), all {all_n} photos "
+                  f"| agreement, all {all_n} photos | KL mean | p50 ms (1 thr) | p50 ms (2 thr) | convert s | gate |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, r in tfl.items():
             lat = r.get("latency_ms") or {}
             lines.append(
                 f"| {mode} | {mb(r['size_bytes'])} | {r.get('full_integer')} | {_fmt(r.get('test_accuracy'))} | "
-                f"{_fmt(r.get('accuracy_drop_pt'), 2)} | {_fmt(r.get('agreement'))} | {_fmt(r.get('kl_mean'), 5)} | "
+                f"{drop_text(r.get('test_accuracy_drop_pt'), r.get('test_accuracy_drop_ci95_pt'))} | "
+                f"{drop_text(r.get('accuracy_drop_pt'), r.get('accuracy_drop_ci95_pt'))} | "
+                f"{_fmt(r.get('agreement'))} | {_fmt(r.get('kl_mean'), 5)} | "
                 f"{_fmt(lat.get('1'), 2)} | {_fmt(lat.get('2'), 2)} | {_fmt(r.get('convert_seconds'), 1)} | "
                 f"{'pass' if r.get('passed') else 'FAIL: ' + str(r.get('reason'))} |")
         lines += ["", "Latency is measured on this machine with the runtime's Classifier "
@@ -371,14 +458,19 @@ def print_summary(rep: dict):
             f"({k.get('test_split')} split)")
     tfl = rep.get("tflite") or {}
     if tfl:
+        sc = parity_scope(tfl, rep)
         rows = []
         for mode, r in tfl.items():
             lat = r.get("latency_ms") or {}
             rows.append([mode, f"{mb(r['size_bytes'])} MB", _fmt(r.get("test_accuracy")),
-                         _fmt(r.get("accuracy_drop_pt"), 2), _fmt(r.get("agreement")), _fmt(lat.get("1"), 2),
-                         _fmt(lat.get("2"), 2), "pass" if r.get("passed") else "FAIL"])
-        ui.info(ui.table(rows, ["model", "size", "test acc", "drop pt", "agreement", "p50 ms 1t", "p50 ms 2t", "gate"]))
-        ui.info(f"(drop and agreement over {next(iter(tfl.values())).get('parity_data')})")
+                         drop_text(r.get("accuracy_drop_pt"), r.get("accuracy_drop_ci95_pt")),
+                         _fmt(r.get("agreement")), _fmt(lat.get("1"), 2), _fmt(lat.get("2"), 2),
+                         "pass" if r.get("passed") else "FAIL"])
+        ui.info(ui.table(rows, ["model", "size", f"test acc ({sc['test_n']})",
+                                f"drop pt, all {sc['all_n']} [95% CI]", f"agreement ({sc['all_n']})",
+                                "p50 ms 1t", "p50 ms 2t", "gate"]))
+        ui.info(f"(test acc: the {sc['test_n']} {sc['split']} photos; drop and agreement, which the gate uses: "
+                f"{sc['all_desc']}; drop = Keras accuracy minus TFLite accuracy on the same photos)")
     timing = rep.get("timing") or {}
     if timing.get("total_seconds") is not None:
         parts = ", ".join(f"{_step_name(x)} {x.get('seconds')} s" for x in timing.get("steps") or [])

@@ -488,6 +488,21 @@ def fit_full_graph_frozen(model, ds, cfg):
     return hist.history
 
 
+def stage2_verdict(acc1: float, loss1: float, acc2: float, loss2: float) -> tuple:
+    """(kept, sentence): stage 2 is kept when validation accuracy rose, or stayed and the loss fell; the
+    sentence says which of the two decided it."""
+    same_acc = abs(acc2 - acc1) <= 1e-9
+    if acc2 > acc1 + 1e-9:
+        return True, (f"stage 2 improved validation accuracy ({acc1:.4f} -> {acc2:.4f}; loss {loss1:.4f} -> "
+                      f"{loss2:.4f}): keeping the fine-tuned model")
+    if same_acc and loss2 < loss1:
+        return True, (f"stage 2 improved validation loss ({loss1:.4f} -> {loss2:.4f}) at the same accuracy "
+                      f"({acc2:.4f}): keeping the fine-tuned model")
+    why = (f"accuracy unchanged ({acc2:.4f}) and loss not lower ({loss1:.4f} -> {loss2:.4f})" if same_acc
+           else f"accuracy fell ({acc1:.4f} -> {acc2:.4f}; loss {loss1:.4f} -> {loss2:.4f})")
+    return False, f"stage 2 did not improve validation: {why}: keeping the stage-1 model"
+
+
 def stage2(model, ds, cfg, prefix=None):
     """Fine-tune the top of the base. Returns (final_model, report_section, history). ``prefix`` (a
     PrefixCache): filled by stage 1, or here (one pass over the photos) when it is empty and usable."""
@@ -503,7 +518,7 @@ def stage2(model, ds, cfg, prefix=None):
     outcome = {}
     first, history = fine_tune_fit(model, ds, cfg, outcome=outcome, prefix=prefix)
     acc2, loss2 = _val_eval(model, ds, cfg, prefix)
-    improved = acc2 > acc1 + 1e-9 or (abs(acc2 - acc1) <= 1e-9 and loss2 < loss1)
+    improved, verdict = stage2_verdict(acc1, loss1, acc2, loss2)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     section = {
         "epochs": len(history.get("loss", [])),
@@ -520,11 +535,7 @@ def stage2(model, ds, cfg, prefix=None):
     }
     if not improved:
         model.set_weights(stage1_weights)
-    ui.info(
-        f"stage 2 {'improved' if improved else 'did not improve'} validation "
-        f"(acc {acc1:.4f} -> {acc2:.4f}, loss {loss1:.4f} -> {loss2:.4f}): keeping the "
-        f"{'fine-tuned' if improved else 'stage-1'} model"
-    )
+    ui.info(verdict)
     # freeze again so the saved model is a plain inference model
     base.trainable = False
     return model, section, history

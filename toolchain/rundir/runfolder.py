@@ -116,21 +116,13 @@ def _named(e: OSError, path) -> OSError:
 
 
 def write_bytes(path, data: bytes):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _named(e, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    save_with(path, write)
 
 
 def write_text(path, text: str):
