@@ -52,13 +52,16 @@ class Exported:
         tf = modeling.import_keras()[0]
         from tensorflow.python.framework import convert_to_constants
 
+        self.model = model  # the Keras model (the parity reference)
         shape = tuple(model.inputs[0].shape[1:])
-        spec = tf.TensorSpec((None,) + shape, tf.float32, name="image")
+        # named as the Keras export names them, with the output in a dict: the converter then writes the same
+        # signature as through a SavedModel (serving_default, the model's input name, output_0)
+        spec = tf.TensorSpec((None,) + shape, tf.float32, name=model.inputs[0].name)
         try:
             with silenced(log_path):
-                fn = tf.function(lambda x: model(x, training=False))
+                fn = tf.function(lambda x: {"output_0": model(x, training=False)})
                 self.graph = convert_to_constants.convert_variables_to_constants_v2(fn.get_concrete_function(spec))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any converter failure is the model's, said in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgetlError(f"TFLite conversion failed: the Keras model could not be traced ({msg[:300]})",
                               hint=f"see {log_path}" if log_path else "run again with a supported model") from None
@@ -67,7 +70,7 @@ class Exported:
 
     def _converter(self):
         tf = modeling.import_keras()[0]
-        return tf, tf.lite.TFLiteConverter.from_concrete_functions([self.graph])
+        return tf, tf.lite.TFLiteConverter.from_concrete_functions([self.graph], self.model)
 
     def tflite(self, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
                log_path: Path | None = None, per_channel: bool = True, flips: bool = False) -> bytes:
@@ -86,7 +89,7 @@ class Exported:
                 return self._int8(calibration, io, value_range, per_channel, flips)
         except EdgetlError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any converter failure is the model's, said in one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
                               hint=f"see {log_path}" if log_path else "run again with a supported model") from None
@@ -104,7 +107,7 @@ class Exported:
                 # (TFLite 2.4+); the convolutions stay per-channel (measured: the same accuracy,
                 # benchmarks/bench_tflite_runtime.py)
                 conv._experimental_disable_per_channel_quantization_for_dense_layers = True
-            self._flat[mode] = with_serving_signature(bytes(conv.convert()))
+            self._flat[mode] = bytes(conv.convert())
         return self._flat[mode]
 
     def _int8(self, calibration, io, value_range, per_channel: bool, flips: bool) -> bytes:
@@ -149,31 +152,6 @@ def _batches(calibration, value_range, mirrored: bool):
             yield [x]
 
     return gen
-
-
-def with_serving_signature(flat: bytes) -> bytes:
-    """``flat`` (converted from a traced function, which gives no signature) with the signature and tensor
-    names a conversion through a SavedModel gives: ``serving_default``, input ``image``, output
-    ``output_0`` (for the interpreters' signature runners)."""
-    from edge_runtime import metadata as md
-
-    s = md.schema()
-    m = s.ModelT.InitFromPackedBuf(bytearray(flat), 0)
-    if m.signatureDefs or len(m.subgraphs) != 1:
-        return flat
-    g = m.subgraphs[0]
-    if len(g.inputs) != 1 or len(g.outputs) != 1:
-        return flat
-    g.tensors[g.inputs[0]].name = b"serving_default_image:0"
-    g.tensors[g.outputs[0]].name = b"StatefulPartitionedCall_1:0"
-    sig = s.SignatureDefT()
-    sig.signatureKey = b"serving_default"
-    sig.subgraphIndex = 0
-    sig.inputs, sig.outputs = [s.TensorMapT()], [s.TensorMapT()]
-    sig.inputs[0].name, sig.inputs[0].tensorIndex = b"image", g.inputs[0]
-    sig.outputs[0].name, sig.outputs[0].tensorIndex = b"output_0", g.outputs[0]
-    m.signatureDefs = [sig]
-    return md.pack_model(m, len(flat))
 
 
 def exported(model, log_path: Path | None = None) -> Exported:
@@ -258,6 +236,7 @@ class EvalSet:
     desc: str
     test_n: int = 0
     p_keras: np.ndarray | None = None
+    rows: np.ndarray | None = None  # the photos' rows in the run's cache, when they come from it
 
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
@@ -280,13 +259,13 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
 
     try:
         t0 = time.perf_counter()
-        recipes_tried, recipe = [], None
+        recipes_tried, recipe, p_kept = [], None, None
         if mode != "int8":
             flat = convert(model, mode, None, io_used, value_range, _log(log_dir, mode))
             draft(flat)
         else:
-            flat, recipes_tried, recipe = _best_int8(model, calibration, io_used, value_range, log_dir, evalset, labels,
-                                             draft, tmp)
+            flat, recipes_tried, recipe, p_kept = _best_int8(model, calibration, io_used, value_range, log_dir,
+                                                             evalset, labels, draft, tmp)
         seconds = time.perf_counter() - t0
         loaded = check_full_integer(tmp) if mode == "int8" else model_mod.load(tmp, num_threads=1, trusted=True)
         result = {"mode": mode, "io": io_used, "convert_seconds": round(seconds, 2),
@@ -300,9 +279,12 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         if evalset is not None and len(evalset.tensors):
             ev = evalset
             if ev.p_keras is None:
-                ev.p_keras = parity.keras_probabilities(model, ev.tensors, value_range)
-            clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
-            p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
+                ev.p_keras = parity.keras_probabilities(keras_model(model), ev.tensors, value_range)
+            if p_kept is not None:  # int8: the kept recipe's outputs on these very photos, from its selection
+                p_tfl = p_kept
+            else:
+                clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
+                p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
             cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
             result.update({k: cmp.get(k) for k in PARITY_KEYS})
@@ -338,23 +320,28 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
 
 
 def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, draft, tmp):
-    """Convert with the standard recipe; if its agreement on the selection photos is below
-    GOOD_ENOUGH_AGREEMENT, try the other recipes and keep the best. Leaves the winner in ``tmp``."""
+    """Convert with the standard recipe; while the agreement on the selection photos is below
+    GOOD_ENOUGH_AGREEMENT, try the next recipe; keep the best. Leaves the winner in ``tmp``. Returns
+    (flatbuffer, recipes tried, recipe kept, the kept model's probabilities on every photo of ``evalset``
+    or None). ``model``: a Keras model or its Exported form; the recipes share one export and one
+    calibration (per-tensor weights quantize the same statistics again; mirrored views add theirs)."""
+    source = exported(model, _log(log_dir, "int8"))
     if evalset is None or not len(evalset.tensors):
-        flat = convert(model, "int8", calibration, io, value_range, _log(log_dir, "int8"))
+        flat = source.tflite("int8", calibration, io, value_range, _log(log_dir, "int8"))
         draft(flat)
-        return flat, [{"recipe": RECIPES[0][0]}], RECIPES[0][0]
+        return flat, [{"recipe": RECIPES[0][0]}], RECIPES[0][0], None
     sel = slice(evalset.test_n, None) if len(evalset.tensors) > evalset.test_n else slice(None)
     if evalset.p_keras is None:
-        evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, value_range)
+        evalset.p_keras = parity.keras_probabilities(keras_model(model), evalset.tensors, value_range)
     tried, best = [], None
     for name, opts in RECIPES:
-        calib = np.concatenate([calibration, calibration[:, :, ::-1]]) if opts["flips"] else calibration
-        flat = convert(model, "int8", calib, io, value_range, _log(log_dir, "int8"),
-                       per_channel=opts["per_channel"])
+        flat = source.tflite("int8", calibration, io, value_range, _log(log_dir, "int8"),
+                             per_channel=opts["per_channel"], flips=opts["flips"])
         draft(flat)
         clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
-        p = parity.tflite_probabilities(clf, evalset.tensors[sel])
+        # every parity photo in one pass: the selection decides, and the kept model's outputs are its parity
+        p_all = parity.tflite_probabilities(clf, evalset.tensors, desc=f"parity int8 ({name})")
+        p = p_all[sel]
         m = metrics.parity(evalset.p_keras[sel], p)
         entry = {"recipe": name, "selection_n": m["n"], "selection_agreement": m["agreement"],
                  "selection_kl": m["kl_mean"]}
@@ -364,14 +351,19 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
                 f"on {m['n']} selection photos")
         best_kl = float("inf") if best is None or best[1]["selection_kl"] is None else best[1]["selection_kl"]
         if best is None or (m["agreement"], -kl) > (best[1]["selection_agreement"], -best_kl):
-            best = (flat, entry)
-        if m["agreement"] >= GOOD_ENOUGH_AGREEMENT and len(tried) == 1:
+            best = (flat, entry, p_all)
+        if m["agreement"] >= GOOD_ENOUGH_AGREEMENT:  # another recipe would not change the outcome
             break
-    flat, entry = best
+    flat, entry, p_all = best
     draft(flat)
     if len(tried) > 1:
         ui.info(f"  int8: kept recipe '{entry['recipe']}'")
-    return flat, tried, entry["recipe"]
+    return flat, tried, entry["recipe"], p_all
+
+
+def keras_model(model):
+    """The Keras model of ``model`` (a Keras model or its Exported form)."""
+    return model.model if isinstance(model, Exported) else model
 
 
 def _log(log_dir: Path | None, mode: str) -> Path | None:
@@ -479,7 +471,7 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
                         ds.labels("train")[keep]])
     desc = (f"{len(rows)} photos of the run: test {len(test)}, val {len(val)}, train {len(keep)}"
             + (" (sampled)" if len(keep) < len(train) else ""))
-    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test))
+    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test), rows=rows)
 
 
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
@@ -525,10 +517,11 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     if not prepared:
         evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, (0.0, 255.0), desc="keras on parity set")
     results = {}
+    source = exported(model)  # traced once: every mode (and every int8 recipe) converts from this graph
     for mode in modes:
         ui.info(f"converting to {mode} ...")
         target.mkdir(parents=True, exist_ok=True)
-        r = convert_one(model, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
+        r = convert_one(source, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs")

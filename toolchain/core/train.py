@@ -139,20 +139,21 @@ def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 6
     return np.concatenate(feats), np.asarray(labs, np.int64)
 
 
-PREFIX_FILE = "prefix.f32"
+PREFIX_SWITCH = "EDGETL_PREFIX_CACHE"  # "0": stage 2 always trains the whole graph on the photos (as before)
 
 
 class PrefixCache:
     """The outputs of the frozen prefix of the base (every layer below the first one stage 2 trains: the
     boundary tensors the layers above it read, e.g. ``block_11_expand_relu`` and the residual
     ``block_10_project_BN`` for ``--fine-tune-from 100``) for every photo of a run, float32, in one file
-    in ``folder`` (the run's cache folder). Rows are read back by file reads, so the file lives in the page
-    cache and not in the process's memory, and memory does not grow with the dataset. ``close`` removes
-    it. Made for one model (its layers are shared by the models over the boundary tensors)."""
+    in ``folder`` (the run's cache folder). The file has no name (O_TMPFILE; elsewhere it is unlinked at
+    once), so nothing of it ever appears in the run folder and a killed process leaves nothing behind.
+    Rows are read back by file reads, so the file lives in the page cache and not in the process's memory,
+    and memory does not grow with the dataset. ``close`` frees it. Made for one model (its layers are shared by the models over the boundary tensors)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.path = self.folder / PREFIX_FILE
+        self.path = self.folder / "(the frozen prefix's outputs)"
         self.ready = False
         self.model = None
         self._file = None
@@ -166,7 +167,9 @@ class PrefixCache:
 
     def usable(self, ds, cfg) -> bool:
         """Stage 2 trains on the prefix's outputs only when they never change: no augmentation, and the
-        photos in this process (several workers train the graph, ctl.py)."""
+        photos in this process (several workers train the graph, ctl.py). EDGETL_PREFIX_CACHE=0 turns it off."""
+        if os.environ.get(PREFIX_SWITCH, "1").strip() == "0":
+            return False
         return cfg.fine_tune_epochs > 0 and not cfg.augment and not getattr(ds.images, "distributed", False)
 
     def start(self, model, ds, cfg) -> bool:
@@ -198,10 +201,11 @@ class PrefixCache:
             ui.info(f"  (stage 2 trains on the photos: {self.folder} has {free / 2**20:.0f} MB free, the outputs of "
                     f"the frozen layers would take {nbytes / 2**20:.0f} MB)")
             return False
+        import tempfile
         import threading
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w+b", buffering=0)
+        self._file = tempfile.TemporaryFile(dir=self.folder, buffering=0)
         self._lock = threading.Lock()
         self.model, self._needed, self._shapes, self._record = model, needed, shapes, record
         self._slot = np.full(max(len(ds.images), int(rows.max(initial=-1)) + 1), -1, np.int64)
@@ -305,14 +309,10 @@ class PrefixCache:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def close(self):
-        """Remove the file (the cache is empty again)."""
+        """Free the file (the cache is empty again)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
         self.ready, self.model, self._models, self._fill_model, self._needed = False, None, {}, None, []
 
 
@@ -457,6 +457,7 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None, prefix=None):
     cached = prefix is not None and not cfg.augment and prefix.has(np.concatenate([rows_tr, rows_va]), model)
     fitted, source = (prefix.top_model(model, "fit"), prefix) if cached else (model, ds.images)
     if cached:  # the same optimizer and loss, on the layers above the prefix (the same variables)
+        ui.info(f"  stage 2 trains layers {first}+ on the cached outputs of the frozen layers below them")
         fitted.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"])
     keras.utils.set_random_seed(cfg.seed)
@@ -467,6 +468,7 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None, prefix=None):
     hist = fitted.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
     if outcome is not None:
         outcome.update(_outcome(es, hist.history, cfg.fine_tune_epochs))
+        outcome["on_cached_prefix"] = bool(cached)
     return first, hist.history
 
 
