@@ -139,9 +139,9 @@ def side_by_side(args, extra: list):
     try:
         old_code, full = checkout(args.baseline, tmp / "baseline")
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
+                              text=True, check=False).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "toolchain", "edge_runtime"],
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
         sides = {"old": old_code, "new": ROOT}
         names = {"old": f"baseline {args.baseline} ({full[:7]})", "new": f"this tree ({head}{', modified' if dirty else ''})"}
         flags = ["--force", *extra]
@@ -177,9 +177,9 @@ def side_by_side(args, extra: list):
         for k in names_all:
             print(f"  {k:40} {med['old'][k]:7.1f} {med['new'][k]:7.1f}  {100 * med['new'][k] / wall['new']:5.0f}%")
         print(f"  {'wall (median)':40} {wall['old']:7.1f} {wall['new']:7.1f}")
-        for side in runs:
-            print(f"  {side}: {names[side]}: wall {', '.join(f'{b['wall']:.1f}' for b in runs[side])} s; "
-                  f"peak RSS {max(b['rss_mb'] for b in runs[side]):.0f} MB")
+        for side, builds in runs.items():
+            walls = ", ".join(f"{b['wall']:.1f}" for b in builds)
+            print(f"  {side}: {names[side]}: wall {walls} s; peak RSS {max(b['rss_mb'] for b in builds):.0f} MB")
         print(f"\nratio new / old (median wall): {wall['new'] / wall['old']:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -115,8 +115,8 @@ class Exported:
         from tensorflow.lite.python.optimize import calibrator as tfl_calibrator
 
         tf = modeling.import_keras()[0]
-        key = (id(calibration), len(calibration), tuple(value_range))
-        if self._calibration is None or self._calibration[0] != key:
+        key = (calibration, tuple(value_range))  # the very array (held here, so its id is not reused)
+        if self._calibration is None or self._calibration[0][0] is not calibration or self._calibration[0][1] != key[1]:
             cal = tfl_calibrator.Calibrator(tfl_calibrator.add_intermediate_tensors(self._plain("float32")))
             self._calibration = (key, cal, {False: cal.calibrate(_batches(calibration, value_range, False))})
         _, cal, done = self._calibration

@@ -205,7 +205,7 @@ class PrefixCache:
         import threading
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.TemporaryFile(dir=self.folder, buffering=0)
+        self._file = tempfile.TemporaryFile(dir=self.folder, buffering=0)  # noqa: SIM115 - open until close()
         self._lock = threading.Lock()
         self.model, self._needed, self._shapes, self._record = model, needed, shapes, record
         self._slot = np.full(max(len(ds.images), int(rows.max(initial=-1)) + 1), -1, np.int64)
