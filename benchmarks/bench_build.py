@@ -237,6 +237,7 @@ def main():
     ap.add_argument("--report", action="store_true", help="one build of this tree, every mode, parity of each")
     ap.add_argument("--image-size", type=int, default=160, help="with --report")
     args = ap.parse_args(argv)
+    args.data = str(Path(args.data).resolve())  # the builds run in the code's folder
     need_shared()
     if args.report:
         report(args)
