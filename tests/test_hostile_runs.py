@@ -24,6 +24,12 @@ USER = {"notes.txt": "my notes", "plots/my_annotations.txt": "ann", "logs/my_exp
 CLI = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
 
 
+def _sigint_as_at_a_terminal():
+    """A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    the command must get SIGINT as at a terminal, or the SIGINT half of a kill loop tests nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def content(root: Path) -> dict:
     """relative path -> sha256 of every regular file under ``root``."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -78,7 +84,8 @@ def kill_loop(template: Path, tmp_path: Path, args, n_kills: int, seed: int, com
         sig = signal.SIGKILL if k % 2 == 0 else signal.SIGINT
         delay = float(rng.uniform(0.05, 1.0)) * command_seconds
         p = subprocess.Popen([sys.executable, "-c", CLI, *[str(run) if a == "RUN" else str(a) for a in args]],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=_sigint_as_at_a_terminal)
         time.sleep(delay)
         finished = p.poll() is not None
         if not finished:
@@ -87,6 +94,8 @@ def kill_loop(template: Path, tmp_path: Path, args, n_kills: int, seed: int, com
         assert user_files(run) == USER, (k, delay, err[-2000:])
         if p.returncode in (0, 1):  # it got to the end (the commit) before the signal took effect
             outcome = "completed"
+            # a signal in the first half of the command's time was not ignored (it ends the command)
+            assert finished or delay > 0.5 * command_seconds, (sig.name, delay, command_seconds, err[-2000:])
         else:
             assert p.returncode in (-9, -2, 130), (p.returncode, err[-2000:])  # -2: SIGINT while exiting
             outcome = "identical" if content(run) == before else "committed"
@@ -123,7 +132,8 @@ def test_kill_loop_clean(fast_run_template, tmp_path):
     """clean deletes regenerable files one by one: a kill at any time leaves every result and every file
     of the user's."""
     results = None
-    for k, delay in enumerate(np.random.default_rng(4).uniform(0.05, 0.6, size=4)):
+    n = int(os.environ.get("EDGETL_KILL_LOOP", "4"))
+    for k, delay in enumerate(np.random.default_rng(4).uniform(0.05, 0.6, size=n)):
         run = tmp_path / f"c{k}" / "run"
         shutil.copytree(fast_run_template, run, symlinks=True)
         add_user_files(run)
@@ -132,7 +142,7 @@ def test_kill_loop_clean(fast_run_template, tmp_path):
                                                                                                   ".edgetl-run")}
         results = results or keep
         p = subprocess.Popen([sys.executable, "-c", CLI, "clean", str(run)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, preexec_fn=_sigint_as_at_a_terminal)
         time.sleep(float(delay))
         p.send_signal(signal.SIGKILL if k % 2 == 0 else signal.SIGINT)
         p.wait(timeout=60)
@@ -140,6 +150,7 @@ def test_kill_loop_clean(fast_run_template, tmp_path):
         r = run_cli("clean", run, block_tf=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert {r: h for r, h in content(run).items() if r in keep} == keep and leftovers(run) == []
+    print("clean", k + 1, "kills")
 
 
 @requires_tf

@@ -38,6 +38,18 @@ def _scores(mpc, pixels, n):
     return scores, names
 
 
+def _same_on_pixels(mpc, clf, img):
+    """Fit ``img`` as MediaPipe does, then check MediaPipe's scores and names against edge_runtime's on those
+    very pixels (within 1e-4, same top-1). Returns (pixels, edge_runtime's scores)."""
+    px = fit_like_mediapipe(img, clf.input_size)
+    scores, names = _scores(mpc, px, clf.num_classes)
+    assert names == clf.labels
+    ours = clf.run_tensor(clf.from_pixels(px))
+    np.testing.assert_allclose(scores, ours, atol=1e-4)
+    assert int(np.argmax(scores)) == int(np.argmax(ours))
+    return px, ours
+
+
 def _photos(shared=None):
     out = [colour_image(k, np.random.default_rng([5, i]), (120 + 7 * i, 90 + 11 * i))
            for i, k in enumerate(("red", "green", "blue", "red", "green"))]
@@ -93,12 +105,7 @@ def test_reference_models_identical_pixels(shared, rel):
     ref = json.loads((shared / "models" / "mediapipe_reference.json").read_text())["results"][rel]
     with _classifier(path) as mpc:
         for img in _photos(shared):
-            px = fit_like_mediapipe(img, clf.input_size)
-            scores, names = _scores(mpc, px, clf.num_classes)
-            assert names == clf.labels
-            ours = clf.run_tensor(clf.from_pixels(px))
-            assert int(np.argmax(scores)) == int(np.argmax(ours))
-            np.testing.assert_allclose(scores, ours, atol=1e-4)
+            _same_on_pixels(mpc, clf, img)
         for photo, top in ref.items():  # raw photos, MediaPipe fitting them itself: the stored reference
             img = preprocess.decode_image(shared / "images" / photo)
             scores, _ = _scores(mpc, img, clf.num_classes)
@@ -127,12 +134,7 @@ def test_score_calibration_gives_mediapipes_scores(test_models, shared, name):
     changed = 0
     with _classifier(path) as mpc:
         for img in _photos(shared):
-            px = fit_like_mediapipe(img, clf.input_size)
-            scores, names = _scores(mpc, px, clf.num_classes)
-            assert names == clf.labels
-            ours = clf.run_tensor(clf.from_pixels(px))
-            np.testing.assert_allclose(scores, ours, atol=1e-4)
-            assert int(np.argmax(scores)) == int(np.argmax(ours))
+            px, ours = _same_on_pixels(mpc, clf, img)
             clf.calibration, cal = None, clf.calibration
             changed += int(np.argmax(clf.run_tensor(clf.from_pixels(px)))) != int(np.argmax(ours))
             clf.calibration = cal
