@@ -2,10 +2,13 @@
 several; a one-process run is a cluster of one. The redesign changed nothing a user sees: the model a
 one-process build trains for a fixed seed is the model the code before the redesign trained (stage-1
 weights bit for bit, final weights within 1e-6), checked here against that very code, taken from git.
+The build here trains stage 2 on the cached outputs of the frozen layers (issue 15, train.PrefixCache)
+and the code of before on the photos through the whole graph: the same test shows both give that model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +56,8 @@ def test_one_process_model_is_the_model_of_before_the_redesign(tiny_data, tmp_pa
     proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--resize", "crop", "--quantize", "float32",
                    "--min-agreement", "0", "--max-drop", "100")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["stages"]["fine_tune"]["on_cached_prefix"] is True  # the cached path, against the graph path
     code = _checkout_before(tmp_path / "before")
     old_run = tmp_path / "old-run"
     env = dict(os.environ, PYTHONPATH=str(code), TF_CPP_MIN_LOG_LEVEL="3")

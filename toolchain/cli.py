@@ -88,7 +88,7 @@ Strict = typer.Option(None, "--strict/--no-strict", help="Unreadable files are a
 ConfigFile = typer.Option(None, "--config", metavar="FILE", help="TOML file of options (flags override it).")
 Force = typer.Option(False, "--force", help="Replace an existing run or models (the old ones stay until the new ones are complete).")
 Quantize = typer.Option(None, "--quantize", metavar="MODE", help="TFLite mode to produce: int8, float16, dynamic, float32; repeatable (default int8 and float32: the device runs the faster one that passes parity).")
-CalibrationSize = typer.Option(None, "--calibration-size", metavar="N", help="Calibration photos for int8 (default 300, seeded).")
+CalibrationSize = typer.Option(None, "--calibration-size", metavar="N", help="Calibration photos for int8 (default 100, seeded).")
 IoType = typer.Option(None, "--io", metavar="TYPE", help="I/O type of int8 models: uint8 (default), int8, float32.")
 UnknownDir = typer.Option(None, "--unknown", metavar="DIR",
                           help="Photos of none of the classes (background, other objects): the models learn to "

@@ -124,18 +124,19 @@ def _staged(ctx, out: Path, fresh: bool):
         yield st
 
 
-def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tuple:
-    """Stage 1 into the (staged) folder ``run``. Returns (model, dataset, report)."""
+def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx, prefix=None) -> tuple:
+    """Stage 1 into the (staged) folder ``run``. Returns (model, dataset, report). ``prefix`` (a
+    train.PrefixCache): filled with the frozen prefix's outputs for stage 2, when it can use them."""
     if ctx.chief:
         runfolder.write_json(run / "report.json", {"edgetl_version": __version__, "created": now(),
                                                    "status": "running", "config": cfg.as_dict()})
     ds = ctx.build_dataset(data_dir, run, cfg, write_run=ctx.chief)
     diag = {}  # report.json `data`: near-duplicates (regrouped), likely label errors, from stage 1's features
     model, section, history, weights = train.stage1(
-        ds, cfg, run, base, weights, info=keras_info(ds, cfg),
+        ds, cfg, run, base, weights, info=keras_info(ds, cfg), prefix=prefix,
         features_hook=lambda rows, feats, secs: diag.update(diagnose.on_features(ds, run, cfg, rows, feats, ctx,
                                                                                  secs)))
-    ev = train.evaluate(model, ds, cfg)
+    ev = train.evaluate(model, ds, cfg, prefix)
     rep = {}
     if ctx.chief:
         sha = save_final(model, run, ds, cfg)
@@ -157,10 +158,10 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx) -> tupl
     return model, ds, rep
 
 
-def _finetune_into(run: Path, cfg, model, ds, rep: dict, ctx) -> tuple:
+def _finetune_into(run: Path, cfg, model, ds, rep: dict, ctx, prefix=None) -> tuple:
     t0 = time.perf_counter()
-    model, section, history = train.stage2(model, ds, cfg)
-    ev = train.evaluate(model, ds, cfg)
+    model, section, history = train.stage2(model, ds, cfg, prefix)
+    ev = train.evaluate(model, ds, cfg, prefix)
     if ctx.chief:
         sha = save_final(model, run, ds, cfg)
         hist = dict(rep.get("history") or {})
@@ -256,7 +257,11 @@ def do_finetune(run, cfg_flags: dict, force: bool, config_file=None, dist=None, 
             modeling.fine_tune_index(base, cfg.fine_tune_from)  # before the photos are even read
             ds = ctx.load_dataset(shared["split"], where)
             rep = runfolder.read_report(where) if ctx.chief else {}
-            _, _, rep = _finetune_into(where, cfg, model, ds, rep, ctx)
+            prefix = train.PrefixCache(where / "cache")
+            try:
+                _, _, rep = _finetune_into(where, cfg, model, ds, rep, ctx, prefix)
+            finally:
+                prefix.close()
             if not ctx.chief:
                 return None
             shutil.rmtree(where / "cache-shard", ignore_errors=True)  # a sharded run's decoded share
@@ -276,18 +281,25 @@ def do_build(data_dir, out, cfg, force: bool, keep_cache: bool = False, dist=Non
 
     out = Path(out)
     with _new_run(data_dir, out, cfg, force, dist, devices, True) as (ctx, st, run, base, weights, t0):
-        model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx)
-        model, ds, rep = _finetune_into(run, cfg, model, ds, rep, ctx)
-        t2 = time.perf_counter()
-        # what conversion and parity need from every worker: calibration photos and the parity
-        # photos (gathered), the Keras model's probabilities on them (each worker its share)
-        calib = convert.calibration_from_run(ds, cfg) if "int8" in cfg.quantize else None
-        evalset = convert.run_evalset(ds, cfg.seed)
-        k = int(model.output.shape[-1])
-        evalset.p_keras = ctx.shard_positions(
-            lambda idx: parity.keras_probabilities(model, evalset.tensors[idx], (0.0, 255.0),
-                                                   desc="keras on parity set"),
-            len(evalset.tensors), (0, k))
+        prefix = train.PrefixCache(run / "cache")  # stage 2 on the frozen prefix's outputs, if it can
+        try:
+            model, ds, rep = _train_into(run, data_dir, cfg, base, weights, t0, ctx, prefix)
+            model, ds, rep = _finetune_into(run, cfg, model, ds, rep, ctx, prefix)
+            t2 = time.perf_counter()
+            # what conversion and parity need from every worker: calibration photos and the parity
+            # photos (gathered), the Keras model's probabilities on them (each worker its share)
+            calib = convert.calibration_from_run(ds, cfg) if "int8" in cfg.quantize else None
+            evalset = convert.run_evalset(ds, cfg.seed)
+            k = int(model.output.shape[-1])
+            if prefix.has(evalset.rows, model):  # only the layers above the prefix run
+                evalset.p_keras = prefix.predict(model, evalset.rows)
+            else:
+                evalset.p_keras = ctx.shard_positions(
+                    lambda idx: parity.keras_probabilities(model, evalset.tensors[idx], (0.0, 255.0),
+                                                           desc="keras on parity set"),
+                    len(evalset.tensors), (0, k))
+        finally:
+            prefix.close()
         if not ctx.chief:
             ui.info("this worker's part is done; the chief converts and writes the run")
             return None

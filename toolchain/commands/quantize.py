@@ -125,9 +125,10 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
     results = {}
     try:
         convert.write_labels_beside(out_dir, labels_list)
+        source = convert.exported(model)  # traced once for every mode
         for mode, target in targets.items():
             ui.info(f"converting to {mode} ...")
-            r = convert.convert_one(model, mode, target, labels=labels_list, size=size, resize=resize,
+            r = convert.convert_one(source, mode, target, labels=labels_list, size=size, resize=resize,
                                     value_range=value_range, calibration=calib if mode == "int8" else None,
                                     io=cfg.io, keras_sha=keras_sha, dataset=dataset, evalset=evalset,
                                     max_drop=cfg.max_drop, min_agreement=cfg.min_agreement,

@@ -37,59 +37,135 @@ from toolchain import ui
 from toolchain.core.quiet import silenced
 
 
-def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
-            log_path: Path | None = None, per_channel: bool = True) -> bytes:
-    """TFLite flatbuffer bytes of ``model`` in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3).
-    ``per_channel=False`` quantizes int8 weights per tensor instead of per output channel."""
-    tf = modeling.import_keras()[0]
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if mode == "int8":
-        if calibration is None or len(calibration) == 0:
+CALIBRATION_BATCH = 25  # photos per calibration step: several at once is faster, and the ranges are the same
+
+
+class Exported:
+    """A Keras model traced once, its weights frozen into constants: every mode converts from this one
+    graph (``TFLiteConverter.from_keras_model`` writes and reloads a SavedModel for every conversion), and
+    int8 is calibrated on the float32 conversion, as the converter does inside (calibration, then the MLIR
+    quantizer), so the float32 model is converted once for both. The calibration statistics are kept:
+    another int8 recipe on the same photos quantizes again without calibrating again (per-tensor weights),
+    or calibrates only the photos it adds (mirrored views), since the statistics are minimum and maximum
+    over every photo seen. The weights are those of the model when it was traced."""
+
+    def __init__(self, model, log_path: Path | None = None):
+        tf = modeling.import_keras()[0]
+        from tensorflow.python.framework import convert_to_constants
+
+        self.model = model  # the Keras model (the parity reference)
+        shape = tuple(model.inputs[0].shape[1:])
+        # named as the Keras export names them, with the output in a dict: the converter then writes the same
+        # signature as through a SavedModel (serving_default, the model's input name, output_0)
+        spec = tf.TensorSpec((None,) + shape, tf.float32, name=model.inputs[0].name)
+        try:
+            with silenced(log_path):
+                fn = tf.function(lambda x: {"output_0": model(x, training=False)})
+                self.graph = convert_to_constants.convert_variables_to_constants_v2(fn.get_concrete_function(spec))
+        except Exception as e:  # noqa: BLE001 - any converter failure is the model's, said in one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgetlError(f"TFLite conversion failed: the Keras model could not be traced ({msg[:300]})",
+                              hint=f"see {log_path}" if log_path else "run again with a supported model") from None
+        self._flat = {}
+        self._calibration = None  # (key, calibrator, {flips: calibrated flatbuffer})
+
+    def _converter(self):
+        tf = modeling.import_keras()[0]
+        return tf, tf.lite.TFLiteConverter.from_concrete_functions([self.graph], self.model)
+
+    def tflite(self, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
+               log_path: Path | None = None, per_channel: bool = True, flips: bool = False) -> bytes:
+        """The flatbuffer in ``mode``; int8: calibrated on ``calibration`` (uint8 tensors (N, S, S, 3)), plus
+        their mirrored views with ``flips``, weights per output channel unless ``per_channel`` is False."""
+        if mode not in ("int8", "float16", "dynamic", "float32"):
+            raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
+        if mode == "int8" and (calibration is None or len(calibration) == 0):
             raise EdgetlError("int8 conversion needs calibration photos, and the calibration set is empty",
                               hint="pass --calibration DIR with photos like the ones the model will see")
-        lo, hi = value_range
-        a = np.float32((hi - lo) / 255.0)
+        label = f"  converting {mode}" + ("" if per_channel or mode != "int8" else " (per-tensor)")
+        try:
+            with silenced(log_path, heartbeat=label):  # the converter is silent for up to a minute: say it is alive
+                if mode != "int8":
+                    return self._plain(mode)
+                return self._int8(calibration, io, value_range, per_channel, flips)
+        except EdgetlError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any converter failure is the model's, said in one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
+                              hint=f"see {log_path}" if log_path else "run again with a supported model") from None
 
-        def representative():
-            for i, t in enumerate(calibration):
-                x = np.array(t, np.float32)[None]
-                if i == 0:
-                    # The input's quantization comes from the range seen in calibration: show it the whole
-                    # pixel range (one black, one white pixel), so it is exactly raw pixels (scale 1,
-                    # zero point 0) and a bright photo on the device is never clipped.
-                    x[0, 0, 0, :] = 0.0
-                    x[0, 0, 1, :] = 255.0
-                if (lo, hi) != (0.0, 255.0):
-                    x = x * a + np.float32(lo)
-                yield [x]
+    def _plain(self, mode: str) -> bytes:
+        if mode not in self._flat:
+            tf, conv = self._converter()
+            if mode in ("float16", "dynamic"):
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            if mode == "float16":
+                conv.target_spec.supported_types = [tf.float16]
+            if mode == "dynamic":
+                # per-channel dense weights make FULLY_CONNECTED version 12 (TFLite 2.17+): tflite-runtime 2.14
+                # and the Task Library 0.4.4 cannot load that. Per-tensor dense weights keep it at version 9
+                # (TFLite 2.4+); the convolutions stay per-channel (measured: the same accuracy,
+                # benchmarks/bench_tflite_runtime.py)
+                conv._experimental_disable_per_channel_quantization_for_dense_layers = True
+            self._flat[mode] = bytes(conv.convert())
+        return self._flat[mode]
 
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    def _int8(self, calibration, io, value_range, per_channel: bool, flips: bool) -> bytes:
+        from tensorflow.lite.python import convert as tfl_convert
+        from tensorflow.lite.python.optimize import calibrator as tfl_calibrator
+
+        tf = modeling.import_keras()[0]
+        key = (calibration, tuple(value_range))  # the very array (held here, so its id is not reused)
+        if self._calibration is None or self._calibration[0][0] is not calibration or self._calibration[0][1] != key[1]:
+            cal = tfl_calibrator.Calibrator(tfl_calibrator.add_intermediate_tensors(self._plain("float32")))
+            self._calibration = (key, cal, {False: cal.calibrate(_batches(calibration, value_range, False))})
+        _, cal, done = self._calibration
+        if flips and True not in done:  # statistics so far plus the mirrored views: calibrating on both
+            done[True] = cal.calibrate(_batches(calibration, value_range, True))
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io]
-        conv.inference_input_type = io_type
-        conv.inference_output_type = io_type
-        if not per_channel:
-            conv._experimental_disable_per_channel = True
-    elif mode == "float16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        # per-channel dense weights make FULLY_CONNECTED version 12 (TFLite 2.17+): tflite-runtime 2.14 and the
-        # Task Library 0.4.4 cannot load that. Per-tensor dense weights keep it at version 9 (TFLite 2.4+);
-        # the convolutions stay per-channel (measured: the same accuracy, benchmarks/bench_tflite_runtime.py)
-        conv._experimental_disable_per_channel_quantization_for_dense_layers = True
-    elif mode != "float32":
-        raise EdgetlError(f"unknown mode {mode!r}", hint="use int8, float16, dynamic or float32")
-    label = f"  converting {mode}" + ("" if per_channel or mode != "int8" else " (per-tensor)")
-    try:
-        with silenced(log_path, heartbeat=label):  # the converter is silent for up to a minute: say it is alive
-            return bytes(conv.convert())
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgetlError(f"TFLite conversion ({mode}) failed: {msg[:300]}",
-                          hint=f"see {log_path}" if log_path else "run again with a supported model") from None
+        return bytes(tfl_convert.mlir_quantize(done[flips], not per_channel, input_data_type=io_type,
+                                               output_data_type=io_type))
+
+
+def _batches(calibration, value_range, mirrored: bool):
+    """The calibration photos as float batches of CALIBRATION_BATCH (the last filled up with the first
+    photos again: the same minimum and maximum), the model's input range. ``mirrored``: their mirrored views.
+    The input's quantization comes from the range seen in calibration: the first photo shows it the whole
+    pixel range (one black, one white pixel), so it is exactly raw pixels (scale 1, zero point 0) and a
+    bright photo on the device is never clipped."""
+    lo, hi = value_range
+    a = np.float32((hi - lo) / 255.0)
+    n = len(calibration)
+    b = min(CALIBRATION_BATCH, n)
+
+    def gen():
+        for s in range(0, n, b):
+            idx = np.arange(s, s + b) % n if s + b > n else np.arange(s, s + b)
+            x = np.asarray(calibration[idx], np.float32)
+            if mirrored:
+                x = np.ascontiguousarray(x[:, :, ::-1])
+            elif s == 0:
+                x[0, 0, 0, :] = 0.0
+                x[0, 0, 1, :] = 255.0
+            if (lo, hi) != (0.0, 255.0):
+                x = x * a + np.float32(lo)
+            yield [x]
+
+    return gen
+
+
+def exported(model, log_path: Path | None = None) -> Exported:
+    """``model`` traced and frozen (an Exported stays as it is)."""
+    return model if isinstance(model, Exported) else Exported(model, log_path)
+
+
+def convert(model, mode: str, calibration=None, io: str = "uint8", value_range=(0.0, 255.0),
+            log_path: Path | None = None, per_channel: bool = True) -> bytes:
+    """TFLite flatbuffer bytes of ``model`` (a Keras model, or its Exported form when it is converted more
+    than once) in ``mode``. ``calibration``: uint8 tensors (N, S, S, 3). ``per_channel=False`` quantizes
+    int8 weights per tensor instead of per output channel."""
+    return exported(model, log_path).tflite(mode, calibration, io, value_range, log_path, per_channel)
 
 
 def check_full_integer(path: Path, trusted: bool = True):
@@ -164,7 +240,7 @@ class EvalSet:
     p_keras: np.ndarray | None = None
     paths: list | None = None  # the photos' files (for consumers that fit them their own way)
     fitted: dict = field(default_factory=dict)  # tensors fitted by other consumers, kept across modes
-    rows: np.ndarray | None = None  # the cache row of each photo (a run's parity set)
+    rows: np.ndarray | None = None  # the photos' rows in the run's cache, when they come from it
     p_tflite: dict = field(default_factory=dict)  # mode -> probabilities of the model written (convert_one)
 
 
@@ -189,13 +265,13 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
 
     try:
         t0 = time.perf_counter()
-        recipes_tried, recipe = [], None
+        recipes_tried, recipe, p_kept = [], None, None
         if mode != "int8":
             flat = convert(model, mode, None, io_used, value_range, _log(log_dir, mode))
             draft(flat)
         else:
-            flat, recipes_tried, recipe = _best_int8(model, calibration, io_used, value_range, log_dir, evalset, labels,
-                                             draft, tmp)
+            flat, recipes_tried, recipe, p_kept = _best_int8(model, calibration, io_used, value_range, log_dir,
+                                                             evalset, labels, draft, tmp)
         seconds = time.perf_counter() - t0
         loaded = check_full_integer(tmp) if mode == "int8" else model_mod.load(tmp, num_threads=1, trusted=True)
         result = {"mode": mode, "io": io_used, "convert_seconds": round(seconds, 2),
@@ -209,9 +285,12 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
         if evalset is not None and len(evalset.tensors):
             ev = evalset
             if ev.p_keras is None:
-                ev.p_keras = parity.keras_probabilities(model, ev.tensors, value_range)
-            clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
-            p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
+                ev.p_keras = parity.keras_probabilities(keras_model(model), ev.tensors, value_range)
+            if p_kept is not None:  # int8: the kept recipe's outputs on these very photos, from its selection
+                p_tfl = p_kept
+            else:
+                clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
+                p_tfl = parity.tflite_probabilities(clf, ev.tensors, desc=f"parity {mode}")
             ev.p_tflite[mode] = p_tfl
             cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
@@ -258,23 +337,28 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
 
 
 def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, draft, tmp):
-    """Convert with the standard recipe; if its agreement on the selection photos is below
-    GOOD_ENOUGH_AGREEMENT, try the other recipes and keep the best. Leaves the winner in ``tmp``."""
+    """Convert with the standard recipe; while the agreement on the selection photos is below
+    GOOD_ENOUGH_AGREEMENT, try the next recipe; keep the best. Leaves the winner in ``tmp``. Returns
+    (flatbuffer, recipes tried, recipe kept, the kept model's probabilities on every photo of ``evalset``
+    or None). ``model``: a Keras model or its Exported form; the recipes share one export and one
+    calibration (per-tensor weights quantize the same statistics again; mirrored views add theirs)."""
+    source = exported(model, _log(log_dir, "int8"))
     if evalset is None or not len(evalset.tensors):
-        flat = convert(model, "int8", calibration, io, value_range, _log(log_dir, "int8"))
+        flat = source.tflite("int8", calibration, io, value_range, _log(log_dir, "int8"))
         draft(flat)
-        return flat, [{"recipe": RECIPES[0][0]}], RECIPES[0][0]
+        return flat, [{"recipe": RECIPES[0][0]}], RECIPES[0][0], None
     sel = slice(evalset.test_n, None) if len(evalset.tensors) > evalset.test_n else slice(None)
     if evalset.p_keras is None:
-        evalset.p_keras = parity.keras_probabilities(model, evalset.tensors, value_range)
+        evalset.p_keras = parity.keras_probabilities(keras_model(model), evalset.tensors, value_range)
     tried, best = [], None
     for name, opts in RECIPES:
-        calib = np.concatenate([calibration, calibration[:, :, ::-1]]) if opts["flips"] else calibration
-        flat = convert(model, "int8", calib, io, value_range, _log(log_dir, "int8"),
-                       per_channel=opts["per_channel"])
+        flat = source.tflite("int8", calibration, io, value_range, _log(log_dir, "int8"),
+                             per_channel=opts["per_channel"], flips=opts["flips"])
         draft(flat)
         clf = Classifier(tmp, num_threads=2, warn=False, trusted=True)
-        p = parity.tflite_probabilities(clf, evalset.tensors[sel])
+        # every parity photo in one pass: the selection decides, and the kept model's outputs are its parity
+        p_all = parity.tflite_probabilities(clf, evalset.tensors, desc=f"parity int8 ({name})")
+        p = p_all[sel]
         m = metrics.parity(evalset.p_keras[sel], p)
         entry = {"recipe": name, "selection_n": m["n"], "selection_agreement": m["agreement"],
                  "selection_kl": m["kl_mean"]}
@@ -284,14 +368,19 @@ def _best_int8(model, calibration, io, value_range, log_dir, evalset, labels, dr
                 f"on {m['n']} selection photos")
         best_kl = float("inf") if best is None or best[1]["selection_kl"] is None else best[1]["selection_kl"]
         if best is None or (m["agreement"], -kl) > (best[1]["selection_agreement"], -best_kl):
-            best = (flat, entry)
-        if m["agreement"] >= GOOD_ENOUGH_AGREEMENT and len(tried) == 1:
+            best = (flat, entry, p_all)
+        if m["agreement"] >= GOOD_ENOUGH_AGREEMENT:  # another recipe would not change the outcome
             break
-    flat, entry = best
+    flat, entry, p_all = best
     draft(flat)
     if len(tried) > 1:
         ui.info(f"  int8: kept recipe '{entry['recipe']}'")
-    return flat, tried, entry["recipe"]
+    return flat, tried, entry["recipe"], p_all
+
+
+def keras_model(model):
+    """The Keras model of ``model`` (a Keras model or its Exported form)."""
+    return model.model if isinstance(model, Exported) else model
 
 
 def _log(log_dir: Path | None, mode: str) -> Path | None:
@@ -459,10 +548,11 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         ui.info(f"unknown: models answer '{UNKNOWN_LABEL}' below a score of {min_score or 0:g} (calibrated on "
                 f"{calibrated['val_unknown']} held-out unknown photos)")
     results = {}
+    source = exported(model)  # traced once: every mode (and every int8 recipe) converts from this graph
     for mode in modes:
         ui.info(f"converting to {mode} ...")
         target.mkdir(parents=True, exist_ok=True)
-        r = convert_one(model, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
+        r = convert_one(source, mode, target / f"model_{mode}.tflite", labels=labels, size=size, resize=cfg.resize,
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs",

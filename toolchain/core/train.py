@@ -7,10 +7,20 @@ the same model as fitting the full graph with the base frozen, at a fraction of 
 Stage 2, fine-tuning: the base is unfrozen from ``fine_tune_from`` (BatchNorm layers stay frozen and in
 inference mode), recompiled with Adam at ``fine_tune_lr``, and trained on the cached photos. The result
 is kept only if validation improves (accuracy, then loss).
+
+Below the first layer stage 2 trains, every layer is frozen and in inference mode, so without augmentation
+the output of that prefix is a fixed function of each photo, like stage 1's features. A build computes it
+once, in the same pass as stage 1's features, into a file (PrefixCache), and stage 2 trains the rest of
+the network on it: the same model (same batches, same steps, weights within float rounding), without
+running the prefix again at every step. With ``augment`` (a new view of every photo each epoch) and on
+several workers stage 2 trains the whole graph on the photos, as before.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -129,6 +139,193 @@ def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 6
     return np.concatenate(feats), np.asarray(labs, np.int64)
 
 
+PREFIX_SWITCH = "EDGETL_PREFIX_CACHE"  # "0": stage 2 always trains the whole graph on the photos (as before)
+
+
+class PrefixCache:
+    """The outputs of the frozen prefix of the base (every layer below the first one stage 2 trains: the
+    boundary tensors the layers above it read, e.g. ``block_11_expand_relu`` and the residual
+    ``block_10_project_BN`` for ``--fine-tune-from 100``) for every photo of a run, float32, in one file
+    in ``folder`` (the run's cache folder). The file has no name (O_TMPFILE; elsewhere it is unlinked at
+    once), so nothing of it ever appears in the run folder and a killed process leaves nothing behind.
+    Rows are read back by file reads, so the file lives in the page cache and not in the process's memory,
+    and memory does not grow with the dataset. ``close`` frees it. Made for one model (its layers are shared by the models over the boundary tensors)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.path = self.folder / "(the frozen prefix's outputs)"
+        self.ready = False
+        self.model = None
+        self._file = None
+        self._lock = None
+        self._needed = []
+        self._shapes = []
+        self._record = 0
+        self._slot = None
+        self._fill_model = None
+        self._models = {}
+
+    def usable(self, ds, cfg) -> bool:
+        """Stage 2 trains on the prefix's outputs only when they never change: no augmentation, and the
+        photos in this process (several workers train the graph, ctl.py). EDGETL_PREFIX_CACHE=0 turns it off."""
+        if os.environ.get(PREFIX_SWITCH, "1").strip() == "0":
+            return False
+        return cfg.fine_tune_epochs > 0 and not cfg.augment and not getattr(ds.images, "distributed", False)
+
+    def start(self, model, ds, cfg) -> bool:
+        """Find the prefix of ``model`` for ``cfg.fine_tune_from`` and make room for every photo of ``ds``.
+        False (nothing cached: stage 2 trains on the photos) when there is nothing to gain or no room."""
+        _, keras = modeling.import_keras()
+        self.close()
+        base = model.get_layer(modeling.BASE_NAME)
+        layers = base.layers
+        first = modeling.fine_tune_index(base, cfg.fine_tune_from)
+        cut = next((i for i in range(first, len(layers)) if layers[i].weights
+                    and not isinstance(layers[i], keras.layers.BatchNormalization)), len(layers))
+        if cut <= 1:  # the prefix would be the photo itself
+            return False
+        produced = {id(t): t for layer in layers[:cut] for t in _tensors(layer.output)}
+        needed = []
+        for t in [t for layer in layers[cut:] for t in _tensors(layer.input)] + _tensors(base.output):
+            if id(t) in produced and all(t is not n for n in needed):
+                needed.append(t)
+        shapes = [tuple(int(d) for d in t.shape[1:]) for t in needed]
+        record = sum(int(np.prod(s)) for s in shapes) * 4
+        rows = _all_rows(ds)
+        nbytes = record * len(rows)
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            free = None
+        if free is not None and free < nbytes + (256 << 20):
+            ui.info(f"  (stage 2 trains on the photos: {self.folder} has {free / 2**20:.0f} MB free, the outputs of "
+                    f"the frozen layers would take {nbytes / 2**20:.0f} MB)")
+            return False
+        import tempfile
+        import threading
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=self.folder, buffering=0)  # noqa: SIM115 - open until close()
+        self._lock = threading.Lock()
+        self.model, self._needed, self._shapes, self._record = model, needed, shapes, record
+        self._slot = np.full(max(len(ds.images), int(rows.max(initial=-1)) + 1), -1, np.int64)
+        inner = keras.Model(base.inputs, needed + [base.output])
+        outs = inner(model.get_layer("to_unit_range").output, training=False)
+        self._fill_model = keras.Model(model.inputs, list(outs[:-1]) + [model.get_layer("pool")(outs[-1])])
+        return True
+
+    def fill(self, ds, rows_first, desc: str, batch_size: int = 64) -> np.ndarray:
+        """Run the prefix once on every photo of the run, ``rows_first`` first, in batches of one shape (the
+        last is padded), writing its outputs; returns the pooled base features of ``rows_first`` (stage
+        1's features, from the same pass)."""
+        rows_first = np.asarray(rows_first, np.int64)
+        rest = np.setdiff1d(_all_rows(ds), rows_first)  # sorted: test photos, then any other
+        rows = np.concatenate([rows_first, rest])
+        feats = None
+        at = 0
+        try:
+            with ui.Progress(len(rows), desc) as bar:
+                for s in range(0, len(rows), batch_size):
+                    chunk = rows[s : s + batch_size]
+                    x = ds.images[chunk].astype(np.float32)
+                    if len(chunk) < batch_size and s > 0:
+                        x = np.concatenate([x, np.zeros((batch_size - len(chunk),) + x.shape[1:], np.float32)])
+                    outs = [np.asarray(o) for o in self._fill_model.predict_on_batch(x)]
+                    block = np.concatenate([o[: len(chunk)].reshape(len(chunk), -1) for o in outs[:-1]], axis=1)
+                    self._file.seek(at * self._record)
+                    self._file.write(np.ascontiguousarray(block, np.float32).tobytes())
+                    self._slot[chunk] = np.arange(at, at + len(chunk))
+                    at += len(chunk)
+                    pooled = outs[-1][: len(chunk)]
+                    if s < len(rows_first):
+                        if feats is None:
+                            feats = np.empty((len(rows_first), pooled.shape[1]), np.float32)
+                        k = min(len(chunk), len(rows_first) - s)
+                        feats[s : s + k] = pooled[:k]
+                    bar.update(len(chunk))
+        except OSError as e:
+            self.close()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise EdgetlError(f"no space left in {self.folder} for the outputs of the frozen layers "
+                                  f"({self._record * len(rows) / 2**20:.0f} MB)",
+                                  hint="free some space, or choose --out on another disk") from None
+            raise
+        self._fill_model = None
+        self.ready = True
+        return feats if feats is not None else np.zeros((0, 0), np.float32)
+
+    def has(self, rows, model=None) -> bool:
+        """True when every photo of ``rows`` is cached (for ``model``, if given: the one it was made for)."""
+        if not self.ready or (model is not None and model is not self.model):
+            return False
+        rows = np.asarray(rows, np.int64)
+        return bool(np.all((rows >= 0) & (rows < len(self._slot)))) and bool(np.all(self._slot[rows] >= 0))
+
+    def read(self, rows) -> list:
+        """The prefix's outputs for ``rows``: one float32 array (N, H, W, C) per boundary tensor."""
+        rows = np.asarray(rows, np.int64)
+        buf = np.empty((len(rows), self._record // 4), np.float32)
+        with self._lock:
+            for i, r in enumerate(rows):
+                self._file.seek(int(self._slot[r]) * self._record)
+                if self._file.readinto(memoryview(buf[i]).cast("B")) != self._record:
+                    raise EdgetlError(f"{self.path} is shorter than written", hint="run the command again")
+        out, at = [], 0
+        for shape in self._shapes:
+            k = int(np.prod(shape))
+            out.append(np.ascontiguousarray(buf[:, at : at + k]).reshape((len(rows),) + shape))
+            at += k
+        return out
+
+    def top_model(self, model, purpose: str = "predict"):
+        """A Keras model from the boundary tensors to ``model``'s probabilities: the layers above the prefix,
+        the pooling and the head (the same layer objects, so the same weights). One per ``purpose``
+        (compiling one for ``fit`` leaves the one that predicts as it is)."""
+        if model is not self.model:
+            raise ValueError("the prefix cache was made for another model")
+        if purpose not in self._models:
+            _, keras = modeling.import_keras()
+            base = model.get_layer(modeling.BASE_NAME)
+            inputs = [keras.Input(shape=s, name=f"prefix_{j}") for j, s in enumerate(self._shapes)]
+            if len(self._needed) == 1 and self._needed[0] is _tensors(base.output)[0]:
+                x = inputs[0]  # the whole base is the prefix: only the head trains
+            else:
+                x = keras.Model(self._needed, base.output)(inputs, training=False)
+            out = model.get_layer("head")(model.get_layer("pool")(x))
+            self._models[purpose] = keras.Model(inputs, out, name=f"above_prefix_{purpose}")
+        return self._models[purpose]
+
+    def predict(self, model, rows, batch_size: int = 64) -> np.ndarray:
+        """``model``'s probabilities for the cached photos ``rows`` (batches of one shape)."""
+        top = self.top_model(model, "predict")
+        rows = np.asarray(rows, np.int64)
+        out = []
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            xs = self.read(chunk)
+            if len(chunk) < batch_size and s > 0:
+                xs = [np.concatenate([x, np.zeros((batch_size - len(chunk),) + x.shape[1:], np.float32)]) for x in xs]
+            out.append(np.asarray(top.predict_on_batch(xs), np.float32)[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def close(self):
+        """Free the file (the cache is empty again)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.ready, self.model, self._models, self._fill_model, self._needed = False, None, {}, None, []
+
+
+def _tensors(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _all_rows(ds) -> np.ndarray:
+    """Every cached row of the run's splits, sorted."""
+    parts = [ds.rows(s) for s in ds.files]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
 def fit_head(head, x_train, y_train, x_val, y_val, cfg, stage="stage 1", outcome: dict | None = None):
     """Train the head on features; early stopping on val loss with the best weights restored.
     ``outcome`` (a dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
@@ -151,12 +348,14 @@ def _best(history: dict) -> dict:
     return {"best_epoch": i + 1, "val_loss": float(vl[i]), "val_accuracy": float(history["val_accuracy"][i])}
 
 
-def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None, features_hook=None):
+def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None = None, features_hook=None,
+           prefix=None):
     """Build the model (on ``base`` if given) and train its head on cached features. ``info``: what the
     saved stage-1 model carries about itself (labels, size, resize policy). ``features_hook(rows,
     features, seconds)``, if given, sees the features of every photo (test split included; ``seconds``: the
     time spent on the test split's, which only it needs) before the head is trained, and may move photos
-    between splits (``ds.files``).
+    between splits (``ds.files``). ``prefix`` (a PrefixCache), if given and stage 2 can use it, is filled
+    in the same pass as the features (every photo of the run).
     Returns (model, report_section, history, weights_info)."""
     modeling.import_keras()
     t0 = time.perf_counter()
@@ -174,10 +373,14 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
     rows_te = ds.rows("test") if features_hook is not None and not ds.test_is_val else np.zeros(0, np.int64)
     rows = np.concatenate([rows_tr, rows_va, rows_te])
     n_fit = len(rows_tr) + len(rows_va)
-    feats = extract_features(extractor, ds.images, rows[:n_fit], "base features")
+    on_prefix = prefix is not None and prefix.usable(ds, cfg) and prefix.start(model, ds, cfg)
+    if on_prefix:  # stage 1's features (the test split's too) and stage 2's prefix (every photo), one pass
+        feats = prefix.fill(ds, rows, "base features")
+    else:
+        feats = extract_features(extractor, ds.images, rows[:n_fit], "base features")
     if features_hook is not None:  # the diagnostics (diagnose.py): they may regroup photos between splits
         t_te = time.perf_counter()  # the test split's features serve the diagnostics alone: timed as theirs
-        if len(rows_te):
+        if len(rows_te) and not on_prefix:
             feats = np.concatenate([feats, extract_features(extractor, ds.images, rows_te, "test features")])
         features_hook(rows, feats, time.perf_counter() - t_te)
         rows_tr, y_tr, rows_va, y_va = ds.rows("train"), ds.labels("train"), ds.rows("val"), ds.labels("val")
@@ -203,8 +406,16 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
     return model, section, history, weights_info
 
 
-def _val_eval(model, ds, cfg):
-    probs = modeling.predict(model, ds.images, ds.rows("val"), cfg.batch_size)
+def probabilities(model, ds, rows, cfg, prefix=None):
+    """The model's probabilities for the cached photos ``rows``: from the prefix cache when it holds them
+    (only the layers above the prefix run), else from the photos."""
+    if prefix is not None and prefix.has(rows, model):
+        return prefix.predict(model, rows)
+    return modeling.predict(model, ds.images, rows, cfg.batch_size)
+
+
+def _val_eval(model, ds, cfg, prefix=None):
+    probs = probabilities(model, ds, ds.rows("val"), cfg, prefix)
     y = ds.labels("val")
     loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean())
     return float((probs.argmax(1) == y).mean()), loss
@@ -225,6 +436,8 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
 
         def __getitem__(self, i):
             idx = self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            if isinstance(images, PrefixCache):  # the prefix's outputs (one array per boundary tensor)
+                return tuple(images.read(rows[idx])), labels[idx]
             x = images[rows[idx]]
             if augment:
                 x = np.stack([data_mod.augment(np.asarray(im), np.random.default_rng([cfg.seed, self.epoch, int(r)]))
@@ -239,10 +452,11 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
     return Batches()
 
 
-def fine_tune_fit(model, ds, cfg, outcome: dict | None = None):
+def fine_tune_fit(model, ds, cfg, outcome: dict | None = None, prefix=None):
     """Unfreeze from ``fine_tune_from`` (BatchNorm stays frozen), recompile at ``fine_tune_lr``, fit on the
     cached photos with early stopping. Returns (first trainable layer index, history); ``outcome`` (a
-    dict), if given, receives ``kept_epoch`` and ``stopped_early``."""
+    dict), if given, receives ``kept_epoch`` and ``stopped_early``. ``prefix`` (a filled PrefixCache): fit
+    the layers above the frozen prefix on its cached outputs, in the same batches and order."""
     if getattr(ds.images, "distributed", False):  # several workers or devices: a custom loop (ctl.py)
         from toolchain.core import ctl
 
@@ -252,16 +466,23 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None):
     first = modeling.set_fine_tune(base, cfg.fine_tune_from)
     model.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    keras.utils.set_random_seed(cfg.seed)
     rows_tr, y_tr = ds.rows("train"), ds.labels("train")
     rows_va, y_va = ds.rows("val"), ds.labels("val")
-    train_src = _batch_source(ds.images, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment)
-    val_src = _batch_source(ds.images, rows_va, y_va, cfg, shuffle=False, augment=False)
+    cached = prefix is not None and not cfg.augment and prefix.has(np.concatenate([rows_tr, rows_va]), model)
+    fitted, source = (prefix.top_model(model, "fit"), prefix) if cached else (model, ds.images)
+    if cached:  # the same optimizer and loss, on the layers above the prefix (the same variables)
+        ui.info(f"  stage 2 trains layers {first}+ on the cached outputs of the frozen layers below them")
+        fitted.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    keras.utils.set_random_seed(cfg.seed)
+    train_src = _batch_source(source, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment)
+    val_src = _batch_source(source, rows_va, y_va, cfg, shuffle=False, augment=False)
     es = _early_stopping(keras, cfg.fine_tune_patience)
     cbs = [c for c in (es, _progress("stage 2", cfg.fine_tune_epochs, len(val_src))) if c is not None]
-    hist = model.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
+    hist = fitted.fit(train_src, validation_data=val_src, epochs=cfg.fine_tune_epochs, callbacks=cbs, verbose=0)
     if outcome is not None:
         outcome.update(_outcome(es, hist.history, cfg.fine_tune_epochs))
+        outcome["on_cached_prefix"] = bool(cached)
     return first, hist.history
 
 
@@ -298,18 +519,21 @@ def stage2_verdict(acc1: float, loss1: float, acc2: float, loss2: float) -> tupl
     return False, f"stage 2 did not improve validation: {why}: keeping the stage-1 model"
 
 
-def stage2(model, ds, cfg):
-    """Fine-tune the top of the base. Returns (final_model, report_section, history)."""
+def stage2(model, ds, cfg, prefix=None):
+    """Fine-tune the top of the base. Returns (final_model, report_section, history). ``prefix`` (a
+    PrefixCache): filled by stage 1, or here (one pass over the photos) when it is empty and usable."""
     modeling.import_keras()
     t0 = time.perf_counter()
     if cfg.fine_tune_epochs == 0:
         return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
     base, _head, _ = modeling.parts(model)
-    acc1, loss1 = _val_eval(model, ds, cfg)
+    if prefix is not None and not prefix.ready and prefix.usable(ds, cfg) and prefix.start(model, ds, cfg):
+        prefix.fill(ds, np.zeros(0, np.int64), "prefix of the base")
+    acc1, loss1 = _val_eval(model, ds, cfg, prefix)
     stage1_weights = model.get_weights()
     outcome = {}
-    first, history = fine_tune_fit(model, ds, cfg, outcome=outcome)
-    acc2, loss2 = _val_eval(model, ds, cfg)
+    first, history = fine_tune_fit(model, ds, cfg, outcome=outcome, prefix=prefix)
+    acc2, loss2 = _val_eval(model, ds, cfg, prefix)
     improved, verdict = stage2_verdict(acc1, loss1, acc2, loss2)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     section = {
@@ -333,10 +557,10 @@ def stage2(model, ds, cfg):
     return model, section, history
 
 
-def evaluate(model, ds, cfg) -> dict:
-    probs = modeling.predict(model, ds.images, ds.rows("test"), cfg.batch_size)
+def evaluate(model, ds, cfg, prefix=None) -> dict:
+    probs = probabilities(model, ds, ds.rows("test"), cfg, prefix)
     out = metrics.classification(ds.labels("test"), probs, ds.classes)
-    acc, loss = _val_eval(model, ds, cfg)
+    acc, loss = _val_eval(model, ds, cfg, prefix)
     out["val_accuracy"] = round(acc, 4)
     out["val_loss"] = round(loss, 4)
     out["test_accuracy"] = out.pop("accuracy")
