@@ -297,7 +297,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             per, failed = parity.consumer_parity(tmp, ev.tensors, ev.p_keras, p_tfl, ev.labels, policy=resize,
                                                  paths=ev.paths, test_n=ev.test_n, declared=consumers,
                                                  max_drop=max_drop, min_agreement=min_agreement,
-                                                 edge_backend=str(clf.model.backend), cache=ev.fitted)
+                                                 edge_backend=str(loaded.backend), cache=ev.fitted)
             result["consumers"] = per
             if failed:
                 passed, reason = False, "; ".join(([reason] if reason else []) + failed)
