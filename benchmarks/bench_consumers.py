@@ -7,7 +7,9 @@ int8 + float32).
         [--mediapipe-python PY] [--tasklib-python PY] [--json FILE]
 
 Variants (one `edgetl build` each, run one at a time, reused when DIR already holds them):
-- ``crop``: today's default (centre crop, area-averaging downscale);
+- ``default``: edgetl's default build (the ``mediapipe`` policy: MediaPipe's fit in training, parity and the
+  runtime);
+- ``crop``: ``--resize crop`` (centre crop, area-averaging downscale; the default before ``mediapipe``);
 - ``squash``: ``--resize squash`` (the whole frame, but edgetl's area-averaging sampling);
 - ``mpfit``: trained on MediaPipe's exact fit. Every photo is first fitted to 160x160 by
   ``edge_runtime.preprocess.fit_like_mediapipe`` (MediaPipe's arithmetic) and written as a lossless PNG
@@ -53,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, SHARED, edgetl, imagenet_env, need_shared
 
 DATASETS = {"flowers10": SHARED / "datasets" / "flowers10", "hotdog": SHARED / "datasets" / "hotdog"}
-VARIANTS = ("crop", "squash", "mpfit", "both", "mpfit_aug")
+VARIANTS = ("default", "crop", "squash", "mpfit", "both", "mpfit_aug")
 MODES = ("int8", "float32")
 SIZE = 160
 
@@ -124,7 +126,7 @@ def build(out: Path, name: str, data: Path, variant: str, seed: int | None = Non
     else:
         src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
-            "--force"] + (["--resize", "squash"] if variant != "crop" else []) + \
+            "--force"] + {"crop": ["--resize", "crop"], "default": []}.get(variant, ["--resize", "squash"]) + \
         (["--seed", str(seed)] if seed is not None else []) + (["--augment"] if variant == "mpfit_aug" else [])
     for m in MODES:
         args += ["--quantize", m]

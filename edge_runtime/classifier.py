@@ -8,9 +8,9 @@ trust) the caller's arguments, the model's edgetl metadata, its standard TFLite 
   (pixel - mean) / std per channel; quantized inputs without a range get the raw pixels through their
   own integer range (uint8: the pixel, int8: the pixel - 128), as MediaPipe feeds them;
 - colour: RGB, or gray when the input has one channel or its ImageProperties say GRAYSCALE;
-- resize: ``resize=`` > the edgetl policy > ``squash`` (the whole frame, as MediaPipe fits it); a model
-  without edgetl metadata is squashed with MediaPipe's own sampling (``preprocess.fit_like_mediapipe``), an edgetl
-  model with the sampling it was trained with (``preprocess.fit``);
+- resize: ``resize=`` > the edgetl policy > ``mediapipe`` (the whole frame, fitted with MediaPipe's own
+  sampling, ``preprocess.fit_like_mediapipe``, as MediaPipe and the Task Library feed any model); an edgetl
+  model is fitted as it was trained (``preprocess.fit``; ``crop`` for an old one that names no policy);
 - output: ``output=`` (index or name) > the first score vector whose metadata has labels > the first score
   vector; a model with several outputs (MediaPipe gives one classification list per head) is read on that
   one head, and a note says which;
@@ -111,9 +111,8 @@ class Classifier:
             input_range: the values the model expects for pixels 0 and 255, as (low, high) or "low,high"
                 (e.g. (-1, 1)); overrides the metadata. Needed only for a float input that no metadata
                 describes.
-            resize: "crop", "squash" or "pad"; default: the policy in the edgetl metadata, else "squash"
-                (the whole frame, as MediaPipe fits it, with MediaPipe's sampling for a model without
-                edgetl metadata).
+            resize: "mediapipe", "crop", "squash" or "pad"; default: the policy in the edgetl metadata,
+                else "mediapipe" (the whole frame, fitted as MediaPipe Tasks fit it).
             warn: emit each note in ``notes`` as a ``MetadataWarning`` (they are kept in ``notes``
                 either way).
             cli: phrase notes and errors for the command line (``--labels``, ``--input-range``) instead
@@ -173,16 +172,15 @@ class Classifier:
                               f"metadata): scores are reported by output index; pass {label_flag}")
 
         # edgetl models: the policy they were trained with. Foreign models: the whole image resized to the
-        # input ("squash"), as MediaPipe and TFLite's reference examples feed their models.
-        self.resize = resize or meta_in.get("resize") or (preprocess.DEFAULT_RESIZE if m.meta else "squash")
+        # input as MediaPipe does ("mediapipe"), as MediaPipe and TFLite's reference examples feed their models.
+        self.resize = resize or meta_in.get("resize") or (preprocess.LEGACY_RESIZE if m.meta else "mediapipe")
         self.sources["resize"] = ("resize argument" if resize else "edgetl metadata" if meta_in.get("resize")
                                   else "default for a model without edgetl metadata")
         if self.resize not in preprocess.RESIZE_POLICIES:
             raise EdgetlError(f"unknown resize policy {self.resize!r}",
                               hint=f"use one of {', '.join(preprocess.RESIZE_POLICIES)}")
-        # a model made for MediaPipe / TFLite pipelines is fed as MediaPipe feeds it; edgetl's own models as
-        # they were trained
-        self.sampling = "mediapipe" if (not m.meta and self.resize == "squash") else "edgetl"
+        # "mediapipe": MediaPipe's own sampling (a foreign model's default, and edgetl's default policy)
+        self.sampling = "mediapipe" if self.resize == "mediapipe" else "edgetl"
 
         # colour: gray for a one-channel input, or when the standard metadata says GRAYSCALE
         self.color = "GRAYSCALE" if (self.channels == 1 or std_in.get("color_space") == "GRAYSCALE") else "RGB"
@@ -362,11 +360,7 @@ class Classifier:
 
     def prepare(self, image: np.ndarray, bgr: bool = False) -> np.ndarray:
         """The model's input tensor (H, W, 3) for one image: fit, then map to the input type."""
-        if self.sampling == "mediapipe":
-            px = preprocess.fit_like_mediapipe(image, self.input_size, bgr=bgr)
-        else:
-            px = preprocess.fit(image, self.input_size, self.resize, bgr=bgr)
-        return self.from_pixels(px)
+        return self.from_pixels(preprocess.fit(image, self.input_size, self.resize, bgr=bgr))
 
     def from_pixels(self, px: np.ndarray) -> np.ndarray:
         """Map already-fitted RGB uint8 pixels (H, W, 3) to the input tensor (its type; gray for a

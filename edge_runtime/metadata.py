@@ -903,7 +903,7 @@ def standard_from_edgetl(meta: dict, structure: dict, labels_name: str = LABELS_
     desc = (f"Image classifier made by edgetl (MobileNetV2 transfer learning), {meta.get('mode', '?')} TFLite, "
             f"{n_classes} classes" + (f", trained on {ds['total']} photos" if _is_int(ds.get("total")) else "")
             + f". Trained on photos resized with the '{resize}' policy"
-            + (" (the whole frame, as MediaPipe fits it)" if resize == "squash" else
+            + (" (the whole frame, fitted exactly as MediaPipe Tasks fit it)" if resize == "mediapipe" else
                " (MediaPipe fits the whole frame instead; edge_runtime applies this policy)") + ".")
     return {
         "name": f"edgetl image classifier ({meta.get('mode', 'tflite')})",

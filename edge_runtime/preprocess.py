@@ -9,15 +9,19 @@ frame), WebP and TIFF are read with Pillow; EXIF orientation is applied; graysca
 become RGB; transparent pixels are composited on white; 16-bit samples keep their high byte.
 
 Resize policies (the model's metadata records which one it was trained with):
-- ``crop`` (default): take the largest centred region with the model's aspect ratio (a square), then
-  resize it. Nothing is distorted; the borders of a non-square photo are dropped.
+- ``mediapipe`` (default): the whole frame resized as MediaPipe Tasks and the TFLite Task Library fit
+  every model, whatever it was trained with (``fit_like_mediapipe``: one bilinear warp, MediaPipe's exact
+  arithmetic). A model trained on it sees the same pixels in edge_runtime and in those consumers.
+- ``crop``: take the largest centred region with the model's aspect ratio (a square), then resize it.
+  Nothing is distorted; the borders of a non-square photo are dropped (for edge_runtime alone).
 - ``squash``: resize the whole image to the model's size, distorting the aspect ratio.
 - ``pad``: fit the whole image inside the model's size and fill the rest with black (letterbox).
-Interpolation: when shrinking, area averaging by the largest whole factor (no aliasing, and OpenCV's
-fast path), then bilinear for what remains (a factor below 2); when enlarging, bilinear.
+Interpolation of crop, squash and pad: when shrinking, area averaging by the largest whole factor (no
+aliasing, and OpenCV's fast path), then bilinear for what remains (a factor below 2); when enlarging,
+bilinear.
 
-``fit_like_mediapipe`` is the squash MediaPipe Tasks applies to every model (one bilinear warp, no area
-averaging): the runtime feeds it to models edgetl did not write, which were made for such consumers.
+``fit_like_mediapipe`` is also how the runtime feeds models edgetl did not write, which were made for
+such consumers.
 """
 
 from __future__ import annotations
@@ -33,8 +37,17 @@ import numpy as np
 from . import files
 from .errors import ImageError
 
-RESIZE_POLICIES = ("crop", "squash", "pad")
-DEFAULT_RESIZE = "crop"
+RESIZE_POLICIES = ("mediapipe", "crop", "squash", "pad")
+DEFAULT_RESIZE = "mediapipe"
+# What an edgetl model whose metadata names no policy was trained with (the default before "mediapipe").
+LEGACY_RESIZE = "crop"
+INTERPOLATION = {"mediapipe": "bilinear warp of the whole frame (MediaPipe Tasks' arithmetic)"}
+AREA_INTERPOLATION = "area (shrink) / bilinear (enlarge)"
+
+
+def interpolation(policy: str) -> str:
+    """How ``policy`` samples the photo, as the model's metadata records it."""
+    return INTERPOLATION.get(policy, AREA_INTERPOLATION)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
 
@@ -401,6 +414,8 @@ def fit(image: np.ndarray, size, policy: str = DEFAULT_RESIZE, bgr: bool = False
 
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}; use one of {', '.join(RESIZE_POLICIES)}")
+    if policy == "mediapipe":
+        return fit_like_mediapipe(image, size, bgr=bgr)
     a, th, tw = _fit_input(image, size)
     h, w = a.shape[:2]
     if policy == "crop":

@@ -11,6 +11,12 @@ tests in the tflite-runtime environment (which has no TensorFlow to make them).
                           each with both metadata forms (standard TFLITE_METADATA + edgetl/metadata.json):
                           uint8 (int8, uint8 I/O), int8io (int8, int8 I/O), float32io (int8, float32 I/O),
                           float16, dynamic, float32
+- default_uint8.tflite, default_float32.tflite  edgetl_uint8 and edgetl_float32 with the metadata of a
+                          default build (the default resize policy, "mediapipe", instead of "crop")
+- flowers_default/        with ../shared (flowers10 and the ImageNet weights): `edgetl build` with the
+                          defaults (the "mediapipe" policy) on the first 12 photos of each flowers10 class
+                          (MobileNetV2 1.0 at 96 px, stage 1 only, int8 and float32): a real default build,
+                          for tests/mediapipe's agreement test on the other flowers10 photos
 - bare_uint8.tflite       the int8/uint8 conversion with no metadata at all
 - std_gray.tflite         a 32x32 one-channel float model (softmax over 3) with ONLY standard metadata:
                           GRAYSCALE, NormalizationOptions mean 127.5 / std 127.5, labels.txt
@@ -72,6 +78,32 @@ def _calibration(n=16, size=96):
     return np.stack(out)
 
 
+FLOWERS_TRAIN_PER_CLASS = 12
+
+
+def _flowers_default(out: Path):
+    """A real default build on a flowers10 subset (see the module docstring); nothing without ../shared."""
+    import subprocess
+    import tempfile
+
+    shared = Path(os.environ.get("EDGETL_SHARED", ROOT.parent / "shared"))
+    flowers = shared / "datasets" / "flowers10"
+    weights = shared / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    if not (flowers.is_dir() and weights.is_file()):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "flowers"
+        for d in sorted(x for x in flowers.iterdir() if x.is_dir()):
+            (data / d.name).mkdir(parents=True)
+            for f in sorted(d.iterdir())[:FLOWERS_TRAIN_PER_CLASS]:
+                (data / d.name / f.name).symlink_to(f)
+        code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+        subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(out / "flowers_default"),
+                        "--force", "--image-size", "96", "--weights", str(weights), "--fine-tune-epochs", "0",
+                        "--min-agreement", "0", "--max-drop", "100"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+
+
 def make_all(out: Path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from toolchain.cfg import config
@@ -115,6 +147,12 @@ def make_all(out: Path):
         meta = convert.make_metadata(loaded, mode, LABELS, (96, 96), "crop", (0.0, 255.0), "0" * 64,
                                      {"classes": LABELS, "total": 16}, None, io)
         (out / f"{name}.tflite").write_bytes(meta_mod.embed(flat, meta))
+        if name in ("edgetl_uint8", "edgetl_float32"):
+            from edge_runtime.preprocess import DEFAULT_RESIZE
+
+            meta = convert.make_metadata(loaded, mode, LABELS, (96, 96), DEFAULT_RESIZE, (0.0, 255.0), "0" * 64,
+                                         {"classes": LABELS, "total": 16}, None, io)
+            (out / f"{name.replace('edgetl_', 'default_')}.tflite").write_bytes(meta_mod.embed(flat, meta))
         if name == "edgetl_uint8":
             tmp.rename(out / "bare_uint8.tflite")
         else:
@@ -152,6 +190,7 @@ def make_all(out: Path):
 
     make_heads(keras, convert, meta_mod, out)
     make_calibrated(keras, convert, meta_mod, out)
+    _flowers_default(out)
     (out / "done").write_text("ok\n")
     return out
 

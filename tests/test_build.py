@@ -96,7 +96,8 @@ def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
     meta = d["meta"]
     rep = json.loads((run / "report.json").read_text())
     assert d["labels"] == ["blue", "green", "red"] == meta["labels"] and d["direct"]
-    assert meta["input"]["size"] == [96, 96] and meta["input"]["color"] == "RGB" and meta["input"]["resize"] == "crop"
+    assert meta["input"]["size"] == [96, 96] and meta["input"]["color"] == "RGB" and meta["input"]["resize"] == "mediapipe"
+    assert d["resize"] == "mediapipe" and "MediaPipe" in meta["input"]["interpolation"]  # the default policy
     assert meta["input"]["value_range"] == [0.0, 255.0] and meta["input"]["quantization"] == {"scale": 1.0,
                                                                                               "zero_point": 0}
     assert meta["output"]["probabilities"] is True and meta["mode"] == "int8" and meta["full_integer"] is True

@@ -264,3 +264,91 @@ def test_every_mode_loads_and_classifies_under_this_interpreter(test_models, nam
     start, length = spans[flat_meta["min_runtime_version"]["buffer"]]
     version = content[start : start + length].rstrip(b"\0").decode()
     assert tuple(int(x) for x in version.split(".")) <= (2, 14, 0), f"{name} needs TFLite {version}"
+
+
+# ------------------------------------------------------------------ consumer parity as a gate
+
+
+def _bordered_dataset(root, per_class=10):
+    """Wide photos (48 x 144): the centre square has the class's colour, both sides the next class's. A
+    model trained on the centre crop answers differently when MediaPipe fits it the whole frame."""
+    classes = ("blue", "green", "red")
+    for ci, c in enumerate(classes):
+        d = root / c
+        d.mkdir(parents=True)
+        other = classes[(ci + 1) % 3]
+        for i in range(per_class):
+            rng = np.random.default_rng([ci, i, 5])
+            img = np.concatenate([colour_image(other, rng, (48, 48)), colour_image(c, rng, (48, 48)),
+                                  colour_image(other, rng, (48, 48))], axis=1)
+            Image.fromarray(img).save(d / f"{c}_{i:02d}.jpg", quality=95)
+    return root
+
+
+def test_a_declared_consumer_that_falls_short_fails_the_gate(tmp_path):
+    """A crop-trained model: MediaPipe's fit is measured but not gated by default (exit 0); declared with
+    --consumers it falls short for real and the gate fails (exit 1), edge_runtime itself passing."""
+    from conftest import HAVE_TF, TINY_TRAIN
+
+    data = _bordered_dataset(tmp_path / "photos")
+    r = run_cli("build", data, "--out", tmp_path / "x", "--consumers", "edge,phone", block_tf=True)
+    assert r.returncode == 2 and "'phone' is not a consumer" in r.stderr and "Traceback" not in r.stderr
+    if not HAVE_TF:
+        pytest.skip("needs TensorFlow (pip install '.[train]')")
+    run = tmp_path / "run"
+    r = run_cli("build", data, "--out", run, *TINY_TRAIN, "--fine-tune-epochs", "0", "--resize", "crop",
+                "--quantize", "float32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cons = json.loads((run / "report.json").read_text())["tflite"]["float32"]["consumers"]
+    assert cons["edge"]["passed"] and cons["edge"]["agreement"] >= 0.97 and cons["edge"]["fit"] == "crop"
+    mp = cons["mediapipe"]
+    assert mp["measured"] and not mp["declared"] and "passed" not in mp and mp["n"] == 30
+    assert mp["agreement"] < 0.9 and mp["agreement_with_edge"] < 0.9, mp
+    assert "| float32 | MediaPipe Tasks / Task Library fit | mediapipe |" in (run / "report.md").read_text()
+    r = run_cli("quantize", run, "--quantize", "float32", "--force", "--consumers", "edge,mediapipe",
+                "--min-agreement", "0.9", "--max-drop", "100")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "under mediapipe: top-1 agreement" in r.stderr and "Traceback" not in r.stderr
+    rep = json.loads((run / "report.json").read_text())
+    f32 = rep["tflite"]["float32"]
+    assert f32["passed"] is False and f32["consumers"]["mediapipe"]["passed"] is False
+    assert f32["consumers"]["edge"]["passed"] is True and f32["consumers"]["mediapipe"]["declared"]
+    assert "FAIL" in (run / "report.md").read_text()
+
+
+def test_consumer_parity_measures_each_interpreter_or_says_why_not(test_models, tmp_path):
+    """No TensorFlow needed: each consumer of a crop model measured on real files, against a reference
+    (here edge_runtime's own scores). Under NumPy 2 tflite-runtime is "not measured" with the reason; in
+    .venv-test-tflite it is the interpreter edge runs on."""
+    from toolchain.core import parity
+
+    path = test_models / "edgetl_float32.tflite"
+    clf = Classifier(path, num_threads=1)
+    files = []
+    for i, img in enumerate(_photos()):
+        files.append(tmp_path / f"p{i}.png")
+        Image.fromarray(img).save(files[-1])
+    tensors = np.stack([clf.prepare(np.asarray(Image.open(f).convert("RGB"))) for f in files])
+    p_edge = clf.run_tensors(list(tensors))
+    y = p_edge.argmax(1)
+    per, failed = parity.consumer_parity(path, tensors, p_edge, p_edge, y, policy="crop", paths=[str(f) for f in files],
+                                         test_n=4, max_drop=1.0, min_agreement=0.97,
+                                         edge_backend=str(clf.model.backend))
+    assert per["edge"]["agreement"] == 1.0 and per["edge"]["passed"] and per["edge"]["test_n"] == 4 and not failed
+    mp = per["mediapipe"]
+    assert mp["measured"] and not mp["declared"] and mp["n"] == len(files) and mp["fit"] == "mediapipe"
+    expected = clf.run_tensors([clf.from_pixels(fit_like_mediapipe(np.asarray(Image.open(f).convert("RGB")),
+                                                                   clf.input_size)) for f in files])
+    assert mp["agreement"] == round(float((expected.argmax(1) == y).mean()), 4)
+    tr = per["tflite-runtime"]
+    assert tr["declared"]
+    if str(clf.model.backend).startswith("tflite_runtime"):
+        assert tr["measured"] and tr["agreement"] == 1.0
+    else:
+        assert tr["measured"] or tr["reason"]
+    # declared, MediaPipe's fit of these odd-sized random photos falls short of a 100 % limit
+    per, failed = parity.consumer_parity(path, tensors, p_edge, p_edge, y, policy="crop", paths=[str(f) for f in files],
+                                         declared=["mediapipe"], min_agreement=1.0, max_drop=100,
+                                         edge_backend=str(clf.model.backend))
+    assert per["mediapipe"]["declared"] and (per["mediapipe"]["passed"] == (per["mediapipe"]["agreement"] == 1.0))
+    assert bool(failed) == (per["mediapipe"]["agreement"] < 1.0)

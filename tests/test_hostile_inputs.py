@@ -425,7 +425,10 @@ def _fuzz_cases():
                   st.floats().filter(lambda v: v not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)).map(repr)),
         st.tuples(st.just("split"), st.just("build"), text.filter(lambda s: not _valid_split(s))),
         st.tuples(st.just("fine_tune_from"), st.just("build"), text.filter(lambda s: not _valid_layer(s))),
-        st.tuples(st.just("resize"), st.just("build"), text.filter(lambda s: s not in ("crop", "squash", "pad"))),
+        st.tuples(st.just("resize"), st.just("build"), text.filter(lambda s: s not in ("mediapipe", "crop", "squash", "pad"))),
+        st.tuples(st.just("consumers"), st.just("build"),
+                  text.filter(lambda s: any(x.strip() not in ("edge", "mediapipe", "tflite-runtime")
+                                            for x in s.split(",") if x.strip()))),
         st.tuples(st.just("quantize"), st.just("build"),
                   text.filter(lambda s: s not in ("int8", "float16", "dynamic", "float32"))),
         st.tuples(st.just("io"), st.just("build"), text.filter(lambda s: s not in ("uint8", "int8", "float32"))),

@@ -22,7 +22,7 @@ from conftest import REF_PTQ, colour_image, run_cli
 from make_test_models import EDGETL_MODELS, GRAY_LABELS, LABELS
 
 from edge_runtime import Classifier, __version__, metadata, tflite_format
-from edge_runtime.preprocess import fit_like_mediapipe
+from edge_runtime.preprocess import decode_image, fit_like_mediapipe
 from edge_runtime.errors import EdgetlError
 
 HAVE_WRITER = importlib.util.find_spec("flatbuffers") is not None and (
@@ -210,7 +210,7 @@ def test_standard_metadata_alone_feeds_the_model_like_edgetl_metadata(test_model
         assert std.meta == {} and std.labels == LABELS and std.sources["labels"] == "TFLite metadata (labels.txt)"
         assert not std.notes
         np.testing.assert_array_equal(std.probabilities(img), full.probabilities(img))
-        assert Classifier(tmp_path / f"{name}.tflite", num_threads=1).resize == "squash"  # foreign default
+        assert Classifier(tmp_path / f"{name}.tflite", num_threads=1).resize == "mediapipe"  # foreign default
 
 
 def test_grayscale_input_and_normalization(test_models):
@@ -229,13 +229,13 @@ def test_grayscale_input_and_normalization(test_models):
 
 @pytest.mark.parametrize("mp_model", ["flowers10_float32", "flowers10_int8", "float_metadata"])
 def test_shared_models_match_mediapipe_reference(shared, mp_model):
-    """MediaPipe's own top-5 (raw photos, its squash) against edge_runtime with resize squash: same top-1,
+    """MediaPipe's own top-5 (raw photos, its squash) against edge_runtime with its fit: same top-1,
     and the LOGISTIC-ending Model Maker models keep MediaPipe's scale (no second softmax)."""
     ref = json.loads((shared / "models" / "mediapipe_reference.json").read_text())["results"]
     rel = {"float_metadata": "mobilenet_v2_1.0_224_float_metadata.tflite"}.get(
         mp_model, f"mediapipe_model_maker/{mp_model}.tflite")
     clf = Classifier(shared / "models" / rel, num_threads=2)
-    assert not clf.notes and clf.resize == "squash"
+    assert not clf.notes and clf.resize == "mediapipe"
     for photo, top in ref[rel].items():
         got = clf.classify_path(shared / "images" / photo, top_k=5)
         assert got[0].label == top[0]["label"] and got[0].index == top[0]["index"], photo
@@ -456,9 +456,10 @@ def test_non_finite_figures_never_reach_the_json(test_models):
 # ------------------------------------------------------------------ a real build
 
 
-def test_build_writes_both_forms_and_the_mediapipe_estimate(tiny_run):
-    """`edgetl build` (every mode): both metadata forms in each model, the standard one beside it in
-    model_<mode>.json, and the estimate of MediaPipe's agreement in report.json and report.md."""
+def test_build_writes_both_forms_and_the_consumer_parity(tiny_run, tiny_data):
+    """`edgetl build` (every mode, the default policy): both metadata forms in each model, the standard one
+    beside it in model_<mode>.json; every model gives edge_runtime's answers when its photos are fitted as
+    MediaPipe fits them, and report.json / report.md gate each consumer."""
     run, proc = tiny_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads((run / "report.json").read_text())
@@ -467,10 +468,20 @@ def test_build_writes_both_forms_and_the_mediapipe_estimate(tiny_run):
         assert not f.problems and f.files == ["labels.txt", "edgetl/metadata.json"]
         assert f.edgetl["mode"] == mode and f.standard["labels"] == ["blue", "green", "red"]
         assert f.standard["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}
-        assert "'crop' policy" in f.standard["description"]
+        assert "'mediapipe' policy" in f.standard["description"]
         side = json.loads((run / f"model_{mode}.json").read_text())
         assert side["tflite_metadata"]["labels"] == ["blue", "green", "red"]
-        r = rep["tflite"][mode]
-        assert 0.0 <= r["mediapipe_squash_agreement"] <= 1.0 and r["mediapipe_squash_n"] == 45
+        cons = rep["tflite"][mode]["consumers"]
+        assert cons["edge"]["declared"] and cons["mediapipe"]["declared"] and cons["mediapipe"]["passed"]
+        assert cons["mediapipe"]["n"] == 45 and cons["mediapipe"]["agreement"] == rep["tflite"][mode]["agreement"]
+        tr = cons["tflite-runtime"]  # measured where it loads; under NumPy 2 it says why not
+        assert tr["measured"] or "NumPy" in tr["reason"]
+        # the two consumer paths on real files: edge_runtime's own, and MediaPipe's fit of the decoded photo
+        clf = Classifier(run / f"model_{mode}.tflite", num_threads=1)
+        assert clf.resize == "mediapipe" and clf.sampling == "mediapipe"
+        for photo in sorted(tiny_data.rglob("*.jpg"))[::7]:
+            mp = clf.run_tensor(clf.from_pixels(fit_like_mediapipe(decode_image(photo), clf.input_size)))
+            np.testing.assert_array_equal(clf.probabilities(decode_image(photo)), mp)
+            assert clf.classify_path(photo)[0].index == int(np.argmax(mp))
     md = (run / "report.md").read_text()
-    assert "estimated top-1 agreement of MediaPipe with edge_runtime (`crop`) on 45 parity photos: int8" in md
+    assert "### Consumers" in md and "| int8 | MediaPipe Tasks / Task Library fit | mediapipe |" in md

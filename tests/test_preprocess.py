@@ -142,12 +142,19 @@ def test_fit_bgr_and_gray_and_identity():
 
 
 def test_shrink_is_area_averaged():
-    """A 1-pixel checkerboard shrunk 4x must become flat grey (area averaging), not alias."""
-    board = (np.indices((160, 160)).sum(0) % 2 * 255).astype(np.uint8)
-    out = preprocess.fit(np.repeat(board[..., None], 3, 2), (40, 40))
-    assert abs(out.mean() - 127.5) < 2 and out.std() < 2
-    odd = preprocess.fit(np.repeat(board[..., None], 3, 2), (56, 56))  # non-integer factor
-    assert abs(odd.mean() - 127.5) < 3 and odd.std() < 12
+    """edgetl's own policies (crop, squash, pad): a 1-pixel checkerboard shrunk 4x becomes flat grey (area
+    averaging), not alias. The default, ``mediapipe``, samples as MediaPipe does (one bilinear warp, no
+    averaging), so the same board aliases there, exactly as fit_like_mediapipe (and MediaPipe) makes it."""
+    board = np.repeat((np.indices((160, 160)).sum(0) % 2 * 255).astype(np.uint8)[..., None], 3, 2)
+    for policy in ("crop", "squash", "pad"):
+        out = preprocess.fit(board, (40, 40), policy)
+        assert abs(out.mean() - 127.5) < 2 and out.std() < 2
+        odd = preprocess.fit(board, (56, 56), policy)  # non-integer factor
+        assert abs(odd.mean() - 127.5) < 3 and odd.std() < 12
+    assert preprocess.DEFAULT_RESIZE == "mediapipe"
+    mp = preprocess.fit(board, (40, 40))
+    np.testing.assert_array_equal(mp, preprocess.fit_like_mediapipe(board, (40, 40)))
+    assert abs(mp.mean() - 127.5) > 60  # every 4th pixel of the board: aliased
 
 
 def test_load_image_equals_decode_then_fit(tmp_path):

@@ -70,7 +70,7 @@ def test_reference_models_read_their_standard_metadata(shared, model, recwarn):
     assert not [w for w in recwarn.list if issubclass(w.category, UserWarning)] and not clf.notes
     assert len(clf.labels) == 1001 and clf.labels[0] == "background"
     assert clf.labels == [ln.strip() for ln in IMAGENET_LABELS.read_text().splitlines() if ln.strip()]
-    assert clf.sources["labels"] == "TFLite metadata (imagenet_labels.txt)" and clf.resize == "squash"
+    assert clf.sources["labels"] == "TFLite metadata (imagenet_labels.txt)" and clf.resize == "mediapipe"
     assert clf.classify_path(shared / "images" / "grace_hopper.bmp")[0].label == "military uniform"
 
 
@@ -79,7 +79,7 @@ def test_model_without_labels_warns_once(test_models):
     with pytest.warns(UserWarning, match="carries no labels") as rec:
         clf = Classifier(test_models / "bare_uint8.tflite")
     assert len(rec) == 1 and "labels=" in str(rec[0].message) and "--labels" not in str(rec[0].message)
-    assert clf.labels == ["0", "1", "2"] and clf.resize == "squash"
+    assert clf.labels == ["0", "1", "2"] and clf.resize == "mediapipe"
     clf = Classifier(test_models / "bare_uint8.tflite", warn=False, cli=True)
     assert len(clf.notes) == 1 and "--labels FILE" in clf.notes[0]
     clf = Classifier(test_models / "bare_uint8.tflite", labels=["a", "b", "c"], warn=False)

@@ -83,7 +83,7 @@ FineTuneLR = typer.Option(None, "--fine-tune-lr", metavar="LR", help="Stage-2 Ad
 FineTuneEpochs = typer.Option(None, "--fine-tune-epochs", metavar="N", help="Stage-2 epochs (default 5; 0 skips stage 2).")
 Split = typer.Option(None, "--split", metavar="TRAIN,VAL,TEST", help="train,val,test fractions when DATA_DIR has no split (default 0.8,0.1,0.1).")
 Seed = typer.Option(None, "--seed", metavar="N", help="Seed for the split, initialisation and shuffling (default 42).")
-Resize = typer.Option(None, "--resize", metavar="POLICY", help="Resize policy: crop (default), squash or pad.")
+Resize = typer.Option(None, "--resize", metavar="POLICY", help="Resize policy: mediapipe (default: the whole frame, as MediaPipe Tasks fit it), crop, squash or pad.")
 Strict = typer.Option(None, "--strict/--no-strict", help="Unreadable files are an error instead of skipped (default off).")
 ConfigFile = typer.Option(None, "--config", metavar="FILE", help="TOML file of options (flags override it).")
 Force = typer.Option(False, "--force", help="Replace an existing run or models (the old ones stay until the new ones are complete).")
@@ -98,6 +98,11 @@ MinScore = typer.Option(None, "--min-score", metavar="S",
                              "metadata forms (default: calibrated with --unknown, else none).")
 MaxDrop = typer.Option(None, "--max-drop", metavar="POINTS", help="Parity gate: largest accuracy drop in points (default 1.0).")
 MinAgreement = typer.Option(None, "--min-agreement", metavar="FRACTION", help="Parity gate: smallest top-1 agreement (default 0.97).")
+Consumers = typer.Option(None, "--consumers", metavar="LIST",
+                         help="Parity gate: the consumers that will run the models, e.g. edge,mediapipe (edge: "
+                              "edge_runtime; mediapipe: MediaPipe Tasks and the Task Library; tflite-runtime). "
+                              "Default: all that apply (mediapipe for the mediapipe resize policy). Each is "
+                              "measured either way.")
 Threads = typer.Option(None, "--threads", metavar="N", help="Interpreter threads (default all cores).")
 Backend = typer.Option(None, "--backend", metavar="NAME", help="ai_edge_litert, tflite_runtime or tensorflow (default the first installed).")
 Labels = typer.Option(None, "--labels", metavar="FILE", help="Label file (one per line) for a model without metadata.")
@@ -130,8 +135,14 @@ def _split(v):
         raise EdgetlError(f"--split {v!r} is not a list of fractions", hint="e.g. --split 0.8,0.1,0.1") from None
 
 
+def _consumers(v):
+    return None if v is None else [x.strip() for x in v.split(",") if x.strip()]
+
+
 def _train_flags(**kw) -> dict:
     kw["split"] = _split(kw.get("split"))
+    if "consumers" in kw:
+        kw["consumers"] = _consumers(kw["consumers"])
     return kw
 
 
@@ -215,6 +226,7 @@ def build(
     io: Optional[str] = IoType,
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
+    consumers: Optional[str] = Consumers,
     unknown: Optional[Path] = UnknownDir,
     min_score: Optional[float] = MinScore,
     keep_cache: bool = typer.Option(False, "--keep-cache", help="Keep RUN/cache/ (the decoded photos) after a successful build; later commands rebuild it when needed."),
@@ -233,7 +245,7 @@ def build(
                          fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                          split=split, seed=seed, resize=resize, strict=strict, quantize=quantize,
                          calibration_size=calibration_size, io=io, max_drop=max_drop, min_agreement=min_agreement,
-                         unknown=_unknown_flag(unknown), min_score=min_score)
+                         consumers=consumers, unknown=_unknown_flag(unknown), min_score=min_score)
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
     if _distributed(lambda **kw: pipeline.do_build(data_dir, out, cfg, force, keep_cache=keep_cache, **kw), out, cluster, task_index,
@@ -326,6 +338,7 @@ def quantize(
     resize: Optional[str] = Resize,
     max_drop: Optional[float] = MaxDrop,
     min_agreement: Optional[float] = MinAgreement,
+    consumers: Optional[str] = Consumers,
     min_score: Optional[float] = MinScore,
     force: bool = Force,
 ):
@@ -336,7 +349,8 @@ def quantize(
     results = quantize_cmd.run(source, modes=list(quantize or []) + list(mode or []) or None, calibration=calibration,
                                calibration_size=calibration_size, io=io, out=out, labels=labels,
                                input_range=input_range, resize=resize, max_drop=max_drop,
-                               min_agreement=min_agreement, min_score=min_score, force=force)
+                               min_agreement=min_agreement, min_score=min_score, force=force,
+                               consumers=_consumers(consumers))
     for r in results.values():
         typer.echo(r["out"])
     failed = quantize_cmd.gate_failures(results)
@@ -365,16 +379,19 @@ def parity(
                                               help="For a Keras model not built by edgetl: the values for pixels 0 and 255."),
     resize: Optional[str] = Resize,
     threads: Optional[int] = Threads,
+    consumers: Optional[str] = Consumers,
 ):
     """Compare a TFLite model with its Keras model on the same photos; exit 1 when a gate fails."""
     from toolchain.cfg import config as config_mod
     from toolchain.commands import parity as parity_cmd
 
-    config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement)  # finite, in range
+    declared = config_mod.resolve(None, max_drop=max_drop, min_agreement=min_agreement,  # finite, in range
+                                  consumers=_consumers(consumers)).consumers
     _check_numbers(threads=threads)
 
     result = parity_cmd.run(keras_model, tflite_model, data, max_drop=max_drop, min_agreement=min_agreement,
-                            labels=labels, input_range=input_range, resize=resize, threads=threads)
+                            labels=labels, input_range=input_range, resize=resize, threads=threads,
+                            consumers=declared)
     if as_json:
         from toolchain.rundir.runfolder import finite
 

@@ -23,6 +23,10 @@ IMAGE_SIZES = (96, 128, 160, 192, 224)
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
+# The consumers parity measures each TFLite model under (toolchain.core.parity.consumer_parity):
+# edge: edge_runtime's fit on the first interpreter installed (ai-edge-litert); mediapipe: MediaPipe Tasks'
+# (and the Task Library's) fit of the whole frame; tflite-runtime: edge_runtime's fit on tflite-runtime.
+CONSUMERS = ("edge", "mediapipe", "tflite-runtime")
 
 
 @dataclass
@@ -56,6 +60,9 @@ class Config:
     io: str = "uint8"
     max_drop: float = 1.0
     min_agreement: float = 0.97
+    # consumers the parity gate holds for (empty: all that apply: edge and tflite-runtime where measured, and
+    # mediapipe for the mediapipe policy); every consumer is measured either way
+    consumers: list = field(default_factory=list)
     # photos of none of the classes, and the score below which the models answer "unknown"
     unknown: str = ""  # a folder of such photos: one more class, "unknown", and a threshold calibrated on them
     min_score: float = 0.0  # 0: calibrated from `unknown` photos when given, else none
@@ -132,7 +139,7 @@ def check_number(name: str, value, shown_as: str | None = None):
     return int(value) if r.integer else value
 
 
-LIST_ITEM = {"split": "number", "quantize": "str"}
+LIST_ITEM = {"split": "number", "quantize": "str", "consumers": "str"}
 
 
 def _coerce(name: str, value):
@@ -227,6 +234,11 @@ def validate(cfg: Config) -> Config:
     cfg.quantize = list(dict.fromkeys(cfg.quantize))
     if cfg.io not in IO_TYPES:
         bad(f"io type {shown(cfg.io)} is unknown", f"use one of {', '.join(IO_TYPES)}")
+    for c in cfg.consumers:
+        if c not in CONSUMERS:
+            bad(f"consumers: {shown(c)} is not a consumer edgetl measures", f"use one or more of "
+                f"{', '.join(CONSUMERS)}, e.g. --consumers edge,mediapipe")
+    cfg.consumers = list(dict.fromkeys(cfg.consumers))
     return cfg
 
 

@@ -15,7 +15,7 @@ from toolchain import ui
 
 
 def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, labels=None, input_range=None,
-        resize=None, threads=None) -> dict:
+        resize=None, threads=None, consumers=None) -> dict:
     from edge_runtime.classifier import Classifier
 
     keras_path, tflite_path = Path(keras_path), Path(tflite_path)
@@ -42,12 +42,13 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
         ds = data_mod.load(data, rebuild_into=data_mod.scratch_cache())  # the run is only read
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
+        paths = ds.paths("test")
         desc = f"test split of run {data}" + (" (val split: no test/)" if ds.test_is_val else "")
         if ds.classes != labels_list:
             raise EdgetlError(f"run {data} has classes {ds.classes[:5]}... unlike the model's labels",
                               hint="compare on the run the model was trained in, or on a DATA_DIR")
     elif data is not None:
-        tensors, y, _, skipped = parity.load_folder(data, clf.input_size, clf.resize, labels_list)
+        tensors, y, paths, skipped = parity.load_folder(data, clf.input_size, clf.resize, labels_list)
         if skipped:
             ui.warn(f"{len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
         desc = f"every photo in {data}"
@@ -55,6 +56,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
         ds = data_mod.load(run_dir, rebuild_into=data_mod.scratch_cache())
         tensors = np.asarray(ds.images[ds.rows("test")])
         y = ds.labels("test")
+        paths = ds.paths("test")
         desc = f"test split of run {run_dir}"
     else:
         raise EdgetlError("no photos to compare on", hint="pass DATA_DIR (a folder of photos) or RUN (a run folder)")
@@ -62,6 +64,12 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
     p_tfl = parity.tflite_probabilities(clf, tensors, desc="tflite model")
     res = parity.compare(p_keras, p_tfl, y, labels_list)
     passed, reason = parity.gate(res, max_drop, min_agreement)
+    per, failed = parity.consumer_parity(tflite_path, tensors, p_keras, p_tfl, y, policy=clf.resize, paths=paths,
+                                         declared=consumers, max_drop=max_drop, min_agreement=min_agreement,
+                                         edge_backend=str(clf.model.backend), trusted=False,
+                                         options={"labels": labels, "input_range": input_range})
+    if failed:
+        passed, reason = False, "; ".join(([reason] if reason else []) + failed)
     tfl_lat = parity.tflite_latency(tflite_path, tensors[0], threads=(clf.model.num_threads,), labels=labels,
                                     input_range=input_range, resize=resize)
     res.update({
@@ -78,6 +86,7 @@ def run(keras_path, tflite_path, data=None, max_drop=1.0, min_agreement=0.97, la
         "min_agreement": min_agreement,
         "passed": passed,
         "reason": reason or None,
+        "consumers": per,
     })
     if y is None:
         res.update({"keras_accuracy": None, "tflite_accuracy": None, "accuracy_drop_pt": None})
@@ -108,4 +117,6 @@ def print_result(r: dict):
     moved = {c: v for c, v in change.items() if v}
     if moved:
         print("recall change per class: " + ", ".join(f"{c} {v:+.3f}" for c, v in moved.items()))
+    if r.get("consumers"):
+        print(parity.consumer_line(r["consumers"]))
     print("PASS" if r["passed"] else f"FAIL: {r['reason']}")

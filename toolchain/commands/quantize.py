@@ -32,7 +32,8 @@ def _run_of(source: Path):
 
 
 def run(source, modes=None, calibration=None, calibration_size=None, io=None, out=None, labels=None,
-        input_range=None, resize=None, max_drop=None, min_agreement=None, force=False, min_score=None) -> dict:
+        input_range=None, resize=None, max_drop=None, min_agreement=None, force=False, min_score=None,
+        consumers=None) -> dict:
     source = Path(source)
     if not source.exists():
         raise EdgetlError(f"not found: {source}", hint="pass a run folder or a .keras model")
@@ -41,7 +42,7 @@ def run(source, modes=None, calibration=None, calibration_size=None, io=None, ou
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise EdgetlError(f"--out {out} exists and is a file", hint="pass a folder for the models")
     flags = dict(quantize=list(modes) if modes else None, calibration_size=calibration_size, io=io,
-                 max_drop=max_drop, min_agreement=min_agreement, min_score=min_score)
+                 max_drop=max_drop, min_agreement=min_agreement, min_score=min_score, consumers=consumers)
     config_mod.resolve(None, **flags)  # bad flags fail before anything is loaded
     run_dir = _run_of(source)
     if source.is_dir() and run_dir is None:
@@ -118,7 +119,7 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
             + (f", {len(skipped)} unreadable skipped" if skipped else ""))
     keras_sha = runfolder.sha256_file(path)
     dataset = {"calibration": {"source": str(calibration), "n": len(calib)}, "classes": labels_list}
-    evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}")
+    evalset = convert.EvalSet(tensors, y, f"every photo in {calibration}", paths=_paths)
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -131,11 +132,12 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
                                     value_range=value_range, calibration=calib if mode == "int8" else None,
                                     io=cfg.io, keras_sha=keras_sha, dataset=dataset, evalset=evalset,
                                     max_drop=cfg.max_drop, min_agreement=cfg.min_agreement,
-                                    log_dir=None)
+                                    log_dir=None, consumers=cfg.consumers)
             r["out"] = str(target)
             results[mode] = r
             ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, agreement {r.get('agreement')}"
                     f" -> {'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])} -> {target}")
+            ui.info("    " + parity.consumer_line(r.get("consumers")))
     except BaseException:
         if made:
             _remove_made(out_dir, [n for t in targets.values() for n in (t.name, t.with_suffix(".json").name)])

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_runtime import __version__, inspect_model
 from edge_runtime import metadata as meta_mod
+from edge_runtime import preprocess
 from edge_runtime import model as model_mod
 from edge_runtime.classifier import UNKNOWN_LABEL, Classifier
 from edge_runtime.errors import EdgetlError
@@ -199,7 +200,7 @@ def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, ker
             "color": "RGB",
             "layout": "NHWC",
             "resize": resize,
-            "interpolation": "area (shrink) / bilinear (enlarge)",
+            "interpolation": preprocess.interpolation(resize),
             "value_range": [float(value_range[0]), float(value_range[1])],
             "value_range_note": "the model expects pixel 0 -> value_range[0], 255 -> value_range[1]",
             "dtype": inp.dtype.name,
@@ -237,13 +238,15 @@ class EvalSet:
     desc: str
     test_n: int = 0
     p_keras: np.ndarray | None = None
+    paths: list | None = None  # the photos' files (for consumers that fit them their own way)
+    fitted: dict = field(default_factory=dict)  # tensors fitted by other consumers, kept across modes
     rows: np.ndarray | None = None  # the photos' rows in the run's cache, when they come from it
     p_tflite: dict = field(default_factory=dict)  # mode -> probabilities of the model written (convert_one)
 
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
                 keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path | None,
-                min_score: float | None = None) -> dict:
+                min_score: float | None = None, consumers=None) -> dict:
     """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically.
     ``log_dir``: where the converter's log goes (a run's logs/); None: nowhere (shown if it fails)."""
     io_used = io if mode == "int8" else "float32"
@@ -291,6 +294,13 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             ev.p_tflite[mode] = p_tfl
             cmp = parity.compare(ev.p_keras, p_tfl, ev.labels, labels)
             passed, reason = parity.gate(cmp, max_drop, min_agreement)
+            per, failed = parity.consumer_parity(tmp, ev.tensors, ev.p_keras, p_tfl, ev.labels, policy=resize,
+                                                 paths=ev.paths, test_n=ev.test_n, declared=consumers,
+                                                 max_drop=max_drop, min_agreement=min_agreement,
+                                                 edge_backend=str(loaded.backend), cache=ev.fitted)
+            result["consumers"] = per
+            if failed:
+                passed, reason = False, "; ".join(([reason] if reason else []) + failed)
             result.update({k: cmp.get(k) for k in PARITY_KEYS})
             result.update({"parity_data": ev.desc, "passed": passed, "reason": reason or None})
             if ev.test_n and ev.labels is not None:
@@ -306,7 +316,10 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
             result["latency_ms_p50"] = result["latency_ms"]["1"]
             figures = {"data": ev.desc, **{k: cmp.get(k) for k in PARITY_KEYS},
                        "test_accuracy": result.get("test_accuracy"),
-                       "max_drop": max_drop, "min_agreement": min_agreement, "passed": passed}
+                       "max_drop": max_drop, "min_agreement": min_agreement, "passed": passed,
+                       "consumers": {c: {k: f.get(k) for k in ("measured", "declared", "passed", "n", "agreement",
+                                                                "tflite_accuracy", "reason") if k in f}
+                                     for c, f in per.items()}}
         final = meta_mod.embed(flat, make_metadata(loaded, mode, labels, size, resize, value_range, keras_sha,
                                                    dataset, figures, io_used, min_score))
         runfolder.write_bytes(out_path, final)
@@ -475,7 +488,8 @@ def run_evalset(ds, seed: int, cap: int = PARITY_CAP) -> EvalSet:
                         ds.labels("train")[keep]])
     desc = (f"{len(rows)} photos of the run: test {len(test)}, val {len(val)}, train {len(keep)}"
             + (" (sampled)" if len(keep) < len(train) else ""))
-    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test), rows=rows)
+    paths = ds.paths("test") + (ds.paths("val") if not ds.test_is_val else []) + [ds.paths("train")[i] for i in keep]
+    return EvalSet(np.asarray(ds.images[rows]), y, desc, test_n=len(test), rows=rows, paths=paths)
 
 
 def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_dir=None, force: bool = True,
@@ -542,13 +556,13 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs",
-                        min_score=min_score)
+                        min_score=min_score, consumers=cfg.consumers)
         results[mode] = r
-        mediapipe_estimate(r, target / f"model_{mode}.tflite", ds)
         ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "
                 f"test acc {r.get('test_accuracy')}; p50 {r.get('latency_ms', {}).get('1')} ms (1 thread) -> "
                 f"{'pass' if r['passed'] else 'FAIL: ' + str(r['reason'])}")
+        ui.info("    " + parity.consumer_line(r.get("consumers")))
     if dest is not None:
         write_labels_beside(target, labels)
         return results
@@ -561,48 +575,3 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
     extra = diagnose.after_parity(ds, evalset, run, min_score, calibrated) if evalset.rows is not None else {}
     runfolder.update_report(run, tflite=tfl, **extra)
     return results
-
-
-# ---------------------------------------------------------------- MediaPipe agreement estimate
-# The standard metadata has no resize policy: MediaPipe fits the whole frame (squash, its own bilinear
-# sampling), whatever policy the model was trained with. For each model, estimate how often MediaPipe's
-# top-1 equals edge_runtime's (the model's own policy) on the run's parity photos (test, then val, then
-# train; at most MEDIAPIPE_ESTIMATE_CAP), by classifying each raw photo fitted as MediaPipe fits it
-# (edge_runtime.preprocess.fit_like_mediapipe) and as the model's policy fits it (the run's cache).
-
-MEDIAPIPE_ESTIMATE_CAP = 400
-_mp_cache: dict = {}
-
-
-def mediapipe_estimate(result: dict, path: Path, ds) -> None:
-    """Add ``mediapipe_squash_agreement`` (and ``mediapipe_squash_n``) to ``result``; nothing on failure."""
-    from edge_runtime import preprocess as pp
-    from edge_runtime.preprocess import fit_like_mediapipe
-
-    try:
-        clf = Classifier(path, num_threads=2, warn=False, trusted=True)
-        key = (str(ds.data_dir), ds.image_size, tuple(clf.input_size))
-        if key not in _mp_cache:
-            rows, squashed = [], []
-            for split in ("test", "val", "train"):
-                if split == "test" and ds.test_is_val:
-                    continue
-                for p, row in zip(ds.paths(split), ds.rows(split)):
-                    if len(rows) >= MEDIAPIPE_ESTIMATE_CAP:
-                        break
-                    try:
-                        squashed.append(fit_like_mediapipe(pp.decode_image(p), clf.input_size))
-                        rows.append(int(row))
-                    except Exception:  # moved or unreadable since the build: left out of the estimate
-                        continue
-            _mp_cache.clear()
-            _mp_cache[key] = (np.asarray(rows, np.int64), squashed)
-        rows, squashed = _mp_cache[key]
-        if not len(rows):
-            return
-        own = clf.run_tensors([clf.from_pixels(np.asarray(ds.images[r])) for r in rows])
-        mp = clf.run_tensors([clf.from_pixels(t) for t in squashed])
-        result["mediapipe_squash_agreement"] = round(float((own.argmax(1) == mp.argmax(1)).mean()), 4)
-        result["mediapipe_squash_n"] = int(len(rows))
-    except Exception as e:  # an estimate for the report: never fails a build
-        ui.warn(f"MediaPipe agreement estimate skipped for {path.name}: {str(e)[:200]}")

@@ -224,7 +224,7 @@ def resolve_keras_spec(model, keras_path: Path, labels_file=None, input_range=No
             why = f"{keras_path} needs more"
         raise EdgetlError(f"{why}; missing: {'; '.join(missing)}",
                           hint="pass " + " and ".join(m.split(' (')[0] for m in missing)
-                               + ("" if ours else " (and --resize if not 'crop')"))
+                               + ("" if ours else " (and --resize if not 'mediapipe')"))
     if len(labels) != out_shape[1]:
         raise EdgetlError(f"{len(labels)} labels for a model with {out_shape[1]} outputs",
                           hint="pass the labels file that belongs to this model")
@@ -241,3 +241,138 @@ def run_dir_of(path: Path):
         if runfolder.is_any_run(cand):
             return cand
     return None
+
+
+# ------------------------------------------------------------------ consumer parity
+# The model on the device is run by a consumer: edge_runtime (its fit, the first interpreter installed),
+# MediaPipe Tasks or the Task Library (their own fit of the whole frame, which the standard metadata cannot
+# change), tflite-runtime (another interpreter, whose int8 kernels round differently). Each is measured on
+# the parity photos against the same Keras reference (the Keras model on the run's own fit); the declared
+# ones are gated like edge_runtime.
+
+
+def default_consumers(policy: str) -> list:
+    """The consumers a run of ``policy`` is made for: edge_runtime on every interpreter, and MediaPipe (and
+    the Task Library) when the model is trained on their fit."""
+    return ["edge"] + (["mediapipe"] if policy == "mediapipe" else []) + ["tflite-runtime"]
+
+
+def interpreter_unusable(name: str):
+    """None when the backend ``name`` can run here, else why not (one line)."""
+    from edge_runtime import backends
+
+    try:
+        backends.resolve(name)
+    except EdgetlError as e:
+        return e.message
+    except Exception as e:  # noqa: BLE001 - a broken install is a reason, not a crash
+        return f"{name} failed to load: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return None
+
+
+def mediapipe_tensors(paths, size):
+    """(rows kept, uint8 tensors) of the photos at ``paths`` fitted as MediaPipe fits them; photos that no
+    longer decode (moved since the build) are left out."""
+    rows, out = [], []
+    for i, p in enumerate(paths):
+        try:
+            out.append(preprocess.fit_like_mediapipe(preprocess.decode_image(p), size))
+            rows.append(i)
+        except (EdgetlError, OSError, ValueError):
+            continue
+    t = np.stack(out) if out else np.zeros((0, size[0], size[1], 3), np.uint8)
+    return np.asarray(rows, np.int64), t
+
+
+def _figures(p_keras, p, y, p_edge, test_n: int) -> dict:
+    r = metrics.parity(p_keras, p, y)
+    fig = {k: r.get(k) for k in ("n", "agreement", "keras_accuracy", "tflite_accuracy", "accuracy_drop_pt",
+                                 "accuracy_drop_ci95_pt", "kl_mean", "max_prob_diff", "nonfinite_tflite")}
+    if p_edge is not None:
+        fig["agreement_with_edge"] = round(float((metrics.top1(p) == metrics.top1(p_edge)).mean()), 4) if len(p) else None
+    if test_n and y is not None:
+        fig["test_n"] = int(test_n)
+        fig["test_accuracy"] = round(float((metrics.top1(p[:test_n]) == y[:test_n]).mean()), 4)
+    return fig
+
+
+def consumer_parity(path, tensors, p_keras, p_edge, y, *, policy: str, paths=None, test_n: int = 0, declared=None, max_drop: float = 1.0, min_agreement: float = 0.97, edge_backend: str = "",
+                    cache: dict | None = None, trusted: bool = True, options: dict | None = None) -> tuple:
+    """({consumer: figures}, [failure reasons]) of the TFLite model at ``path`` under each consumer.
+
+    ``tensors``/``p_keras``/``p_edge``/``y``: the parity photos fitted with ``policy``, the Keras reference and
+    edge_runtime's probabilities on them (already measured); ``paths``: their files (for MediaPipe's fit, when
+    it differs from ``policy``); ``cache``: a dict kept across the modes of one run (MediaPipe-fitted tensors).
+    ``declared``: the consumers gated (empty/None: ``default_consumers(policy)``); edge is always gated.
+    Every consumer is measured where it can be; one that cannot is reported with the reason, never gated.
+    ``options``: the Classifier arguments the model needs (labels, input_range, resize), as for edge."""
+    from edge_runtime.classifier import Classifier
+
+    declared = list(declared or default_consumers(policy))
+    opts = dict(options or {}, resize=policy)
+    gated = ["edge"] + [c for c in declared if c != "edge"]
+    out, reasons = {}, []
+    out["edge"] = {"fit": policy, "interpreter": edge_backend, **_figures(p_keras, p_edge, y, None, test_n)}
+    # MediaPipe Tasks / the Task Library: the whole frame, their bilinear arithmetic, any model
+    if policy == "mediapipe":
+        out["mediapipe"] = {**out["edge"], "fit": "mediapipe", "interpreter": edge_backend, "agreement_with_edge": 1.0,
+                            "note": "the run's own fit: the same pixels as edge"}
+    elif paths is None:
+        out["mediapipe"] = {"measured": False, "reason": "the parity photos' files are not known here"}
+    else:
+        cache = {} if cache is None else cache
+        key = ("mediapipe", tuple(tensors.shape[1:3]), len(paths))
+        if key not in cache:
+            cache[key] = mediapipe_tensors(paths, tuple(tensors.shape[1:3]))
+        rows, mp = cache[key]
+        if not len(rows):
+            out["mediapipe"] = {"measured": False, "reason": "none of the parity photos could be read again"}
+        else:
+            clf = Classifier(path, num_threads=2, warn=False, trusted=trusted, **opts)
+            p = tflite_probabilities(clf, mp, desc=None)
+            kept_test = int((rows < test_n).sum())  # rows are sorted: the test photos come first
+            out["mediapipe"] = {"fit": "mediapipe", "interpreter": str(clf.model.backend),
+                                **_figures(p_keras[rows], p, None if y is None else y[rows], p_edge[rows],
+                                           kept_test)}
+    # tflite-runtime: edge_runtime's fit, another interpreter (older int8 kernels)
+    if edge_backend.split(" ")[0] == "tflite_runtime":
+        out["tflite-runtime"] = {**out["edge"], "note": "the interpreter edge ran on"}
+    else:
+        why = interpreter_unusable("tflite_runtime")
+        if why:
+            out["tflite-runtime"] = {"measured": False, "reason": why}
+        else:
+            try:
+                clf = Classifier(path, num_threads=2, warn=False, trusted=trusted, backend="tflite_runtime", **opts)
+                p = tflite_probabilities(clf, tensors)
+                out["tflite-runtime"] = {"fit": policy, "interpreter": "tflite_runtime",
+                                         **_figures(p_keras, p, y, p_edge, test_n)}
+            except EdgetlError as e:
+                out["tflite-runtime"] = {"measured": False, "reason": f"this model does not load there: {e.message}"}
+    for name, fig in out.items():
+        fig["declared"] = name in gated
+        if fig.get("measured") is False:
+            continue
+        fig["measured"] = True
+        if name not in gated:
+            continue
+        ok, why = gate(fig, max_drop, min_agreement)
+        fig["passed"] = ok
+        if not ok and name != "edge":  # edge's own verdict is the model's main gate
+            reasons.append(f"under {name}: {why}")
+    return out, reasons
+
+
+def consumer_line(per) -> str:
+    """One line of a model's consumer figures for the progress output."""
+    if not per:
+        return "consumers: not measured (no parity photos)"
+    parts = []
+    for name, f in per.items():
+        if not f.get("measured"):
+            parts.append(f"{name} not measured here ({f.get('reason')})")
+            continue
+        acc = f.get("tflite_accuracy")
+        parts.append(f"{name} agreement {f['agreement']:.4f}" + (f", accuracy {acc:.4f}" if acc is not None else "")
+                     + ("" if f.get("declared") else " (not declared: not gated)"))
+    return "consumers: " + "; ".join(parts)

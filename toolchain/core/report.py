@@ -430,7 +430,7 @@ def write(run: Path, rep: dict, name: str | None = None):
                       f"({(next(iter(tfl.values())).get('backend'))}); it differs on other CPUs "
                       "(int8 pays off most on ARM cores and accelerators).", "",
                   "![size accuracy latency](plots/size_accuracy_latency.png)", ""]
-        lines += _mediapipe_lines(tfl, cfg)
+        lines += consumer_lines(tfl, cfg)
         for mode in tfl:
             if (run / "plots" / f"confusion_{mode}.png").is_file():
                 lines.append(f"![confusion {mode}](plots/confusion_{mode}.png)")
@@ -479,12 +479,41 @@ def print_summary(rep: dict):
         ui.info(f"total time {timing['total_seconds']} s" + (f" ({parts})" if parts else ""))
 
 
-# ---- MediaPipe agreement (one block: the standard TFLite metadata carries no resize policy)
-def _mediapipe_lines(tfl: dict, cfg: dict) -> list:
-    figs = {m: r for m, r in tfl.items() if r.get("mediapipe_squash_agreement") is not None}
-    if not figs:
-        return []
-    parts = ", ".join(f"{m} {r['mediapipe_squash_agreement']:.3f}" for m, r in figs.items())
-    n = next(iter(figs.values())).get("mediapipe_squash_n")
-    return [f"MediaPipe fits the whole frame (squash, bilinear) whatever the training policy: estimated top-1 "
-            f"agreement of MediaPipe with edge_runtime (`{cfg.get('resize')}`) on {n} parity photos: {parts}.", ""]
+# ---- consumer parity: each model under each consumer that runs it
+CONSUMER_NAMES = {"edge": "edge_runtime", "mediapipe": "MediaPipe Tasks / Task Library fit",
+                  "tflite-runtime": "tflite-runtime"}
+
+
+def consumer_lines(tfl: dict, cfg: dict) -> list:
+    """The "Consumers" table of report.md (and, for a run made before it, the MediaPipe estimate line)."""
+    if not any(r.get("consumers") for r in tfl.values()):
+        figs = {m: r for m, r in tfl.items() if r.get("mediapipe_squash_agreement") is not None}
+        if not figs:
+            return []
+        parts = ", ".join(f"{m} {r['mediapipe_squash_agreement']:.3f}" for m, r in figs.items())
+        n = next(iter(figs.values())).get("mediapipe_squash_n")
+        return [f"MediaPipe fits the whole frame (squash, bilinear) whatever the training policy: estimated top-1 "
+                f"agreement of MediaPipe with edge_runtime (`{cfg.get('resize')}`) on {n} parity photos: {parts}.", ""]
+    policy = cfg.get("resize")
+    intro = (f"Each model measured as each consumer runs it, against the same Keras reference (the Keras model on "
+             f"the run's `{policy}` fit): edge_runtime (its fit, on the interpreter named), MediaPipe Tasks and the "
+             "TFLite Task Library (their bilinear fit of the whole frame, with MediaPipe's arithmetic, on "
+             "ai-edge-litert), tflite-runtime (edge_runtime's fit on that interpreter). A declared consumer is gated "
+             "like the model (drop and agreement over all the parity photos); the others are shown only "
+             "(`--consumers` declares them).")
+    header = ("| mode | consumer | fit | interpreter | photos | agreement | accuracy | drop (pt) | test acc "
+              "| agrees with edge | gate |")
+    lines = ["### Consumers", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in tfl.items():
+        for name, f in (r.get("consumers") or {}).items():
+            who = CONSUMER_NAMES.get(name, name)
+            if not f.get("measured"):
+                lines.append(f"| {mode} | {who} | | | | | | | | | not measured here: {f.get('reason')} |")
+                continue
+            gate_text = ("not declared" if not f.get("declared") else
+                         "pass" if f.get("passed") else "FAIL")
+            lines.append(f"| {mode} | {who} | {f.get('fit')} | {f.get('interpreter')} | {f.get('n')} | "
+                         f"{_fmt(f.get('agreement'))} | {_fmt(f.get('tflite_accuracy'))} | "
+                         f"{drop_text(f.get('accuracy_drop_pt'), f.get('accuracy_drop_ci95_pt'))} | "
+                         f"{_fmt(f.get('test_accuracy'))} | {_fmt(f.get('agreement_with_edge'))} | {gate_text} |")
+    return lines + [""]

@@ -355,7 +355,10 @@ def report_shape():
                  "latency_ms": dict_of(num), "test_accuracy": num, "accuracy_drop_pt": num, "agreement": num,
                  "kl_mean": num, "keras_accuracy": num, "tflite_accuracy": num, "n": cnt, "path": txt,
                  "convert_seconds": num, "full_integer": boolean(), "mediapipe_squash_agreement": num,
-                 "mediapipe_squash_n": cnt}, required=("size_bytes",))
+                 "mediapipe_squash_n": cnt,
+                 "consumers": dict_of(obj({"measured": boolean(), "declared": boolean(), "passed": boolean(),
+                                           "n": cnt, "agreement": num, "tflite_accuracy": num,
+                                           "reason": nullable(txt)}))}, required=("size_bytes",))
     return obj({
         "edgetl_version": txt, "created": txt, "status": txt, "data_dir": txt,
         "config": _config_shape,
