@@ -68,15 +68,44 @@ def test_near_duplicates_are_regrouped_into_one_split(known):
     assert "moved between splits" in (run / "report.md").read_text()
 
 
-def test_label_issues_find_the_mislabelled_photos(known):
+def test_confident_learning_finds_every_flipped_label():
+    """The method on features of known structure: three clusters (non-negative, as pooled ReLU features
+    are), three labels flipped. Every flipped photo is found, with its true class suggested, and nothing
+    else, whatever the fold seed."""
+    pytest.importorskip("cleanlab")
+    pytest.importorskip("sklearn")
+    from toolchain.core import diagnose
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 1, (3, 64)) * 3
+    feats = np.abs(np.concatenate([centres[c] + rng.normal(0, 1, (30, 64)) for c in range(3)])).astype(np.float32)
+    truth = np.repeat(np.arange(3), 30)
+    given = truth.copy()
+    given[[5, 40, 77]] = [1, 2, 0]
+    for seed in (0, 7, 42):
+        found, note = diagnose.label_issues(feats, given, 3, seed)
+        assert sorted((i, s) for i, s, _ in found) == [(5, 0), (40, 1), (77, 2)], (seed, found)
+        assert all(0.0 <= score < 0.5 for _, _, score in found) and "cleanlab" in note
+    assert diagnose.label_issues(feats, truth, 3, 0)[0] == []  # clean labels: no issue
+
+
+def test_label_issues_reach_the_report(known):
+    """In a real build (a random-weight base at 96 px, whose features separate colours only roughly):
+    the photos filed in the wrong folder are listed (at least one of the two: such weak features do not
+    find both on every machine), each entry with its suggestion and the command to move it; nothing is
+    moved."""
     pytest.importorskip("cleanlab")
     _, data, _, rep = known
     issues = {e["path"]: e for e in rep["data"]["label_issues"]}
-    for i in range(2):
-        e = issues[f"blue/wrong_{i}.jpg"]
+    wrong = [f"blue/wrong_{i}.jpg" for i in range(2) if f"blue/wrong_{i}.jpg" in issues]
+    assert wrong, sorted(issues)
+    for rel in wrong:
+        e = issues[rel]
         assert (e["given"], e["suggested"]) == ("blue", "red")
-        assert e["command"] == f"mv {data / 'blue' / f'wrong_{i}.jpg'} {data / 'red'}/"
-    assert (data / "blue" / "wrong_0.jpg").is_file()  # nothing is moved
+        assert e["command"] == f"mv {data / rel} {data / 'red'}/"
+    assert all({"path", "given", "suggested", "score", "command"} <= set(e) for e in issues.values())
+    assert "cleanlab" in rep["data"]["label_issues_method"]
+    assert (data / "blue" / "wrong_0.jpg").is_file() and (data / "blue" / "wrong_1.jpg").is_file()  # not moved
 
 
 def test_misclassified_lists_every_wrong_answer_with_thumbnails(known):
