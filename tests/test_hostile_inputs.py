@@ -176,7 +176,7 @@ def test_folders_beside_the_split_folders_are_said_to_be_ignored(tmp_path):
         for c in ("a", "b"):
             _photos(data / s / c)
     _photos(data / "extra")
-    r = run_cli("build", data, "--out", tmp_path / "run", *FAST[:4], block_tf=True, timeout=60)
+    r = run_cli("build", data, "--out", tmp_path / "run", *FAST[:6], block_tf=True, timeout=60)
     assert "warning: 1 entry directly in" in r.stderr and "is ignored (not a split folder" in r.stderr
     assert r.stderr.count("warning: 1 entry") == 1  # said once, not once per scan
     assert_user_error(r, "TensorFlow")  # accepted: it got as far as TensorFlow, blocked here
