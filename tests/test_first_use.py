@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import requires_tf, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,7 @@ def _parity_rep():
 
 
 def test_report_labels_each_figure_with_its_photos_and_interval(tmp_path):
+    pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (pip install '.[train]')")
     from toolchain.core import report
 
     rep = _parity_rep()
