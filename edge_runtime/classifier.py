@@ -89,6 +89,23 @@ def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-p, kind="stable")[:k]
 
 
+def below_min_score(score, min_score) -> bool:
+    """True when a best ``score`` is answered "unknown" under ``min_score`` (0/None: never). Compared in
+    float32, as MediaPipe's and the Task Library's score threshold (a float) is, so all three give the same
+    answer at the boundary (0.7 is 0.69999999 in float32: a score of exactly that is not below it)."""
+    return bool(min_score) and bool(np.float32(score) < np.float32(min_score))
+
+
+def answers(probs: np.ndarray, min_score=0.0) -> np.ndarray:
+    """What a classifier answers for each row of ``probs`` (N, classes): the best class index (ties: the
+    lower, as ``top_indices``), or -1 ("unknown") when that score is ``below_min_score``."""
+    p = np.asarray(probs, np.float32).reshape(len(probs), -1)
+    best = np.argmax(p, axis=1)
+    if min_score and len(p):
+        best = np.where(p[np.arange(len(p)), best] < np.float32(min_score), -1, best)
+    return best
+
+
 class Classifier:
     """Run a TFLite image classifier.
 
@@ -446,7 +463,7 @@ class Classifier:
         the best score is below ``min_score``, the answer is one ``Prediction("unknown", -1, best score)``
         (MediaPipe returns no category then)."""
         idx = top_indices(probs, top_k)
-        if self.min_score and float(probs[idx[0]]) < self.min_score:
+        if below_min_score(probs[idx[0]], self.min_score):
             return [Prediction(UNKNOWN_LABEL, -1, float(probs[idx[0]]))]
         return [Prediction(self.labels[i], int(i), float(probs[i])) for i in idx]
 

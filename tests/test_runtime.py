@@ -54,6 +54,29 @@ def test_ties_go_to_the_lower_index(test_models):
             assert got.tolist() == want
 
 
+def test_min_score_is_one_rule_compared_in_float32(test_models):
+    """The Classifier (predict, camera) and the build's reports (diagnose) answer "unknown" by one rule,
+    compared in float32 as MediaPipe compares its float score threshold: at 0.7 (0.69999999 in float32) a
+    score of exactly float32(0.7) is not below it, one step lower is."""
+    from edge_runtime.classifier import answers, below_min_score
+
+    clf = Classifier(test_models / "edgetl_uint8.tflite", num_threads=1, min_score=0.7)
+    at = np.float32(0.7)
+    below = np.nextafter(at, np.float32(0))
+    for best, unknown in ((at, False), (below, True), (np.float32(0.9), False)):
+        p = np.array([best, (1 - best) / 2, (1 - best) / 2], np.float32)
+        assert below_min_score(best, 0.7) is unknown
+        assert (clf.top(p, 1)[0].label == "unknown") is unknown
+        assert answers(p[None], 0.7).tolist() == [-1 if unknown else 0]
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), size=500).astype(np.float32)
+    probs[::7, 1] = probs[::7, 2] = probs[::7].max(axis=1)  # ties at the top: the lower index
+    for ms in (0.0, 0.4, 0.55, 0.7):
+        clf.min_score = ms
+        want = [(-1 if r[0].label == "unknown" else r[0].index) for r in (clf.top(p, 1) for p in probs)]
+        assert answers(probs, ms).tolist() == want
+
+
 def test_batched_equals_single(shared):
     clf = Classifier(REF_PTQ, labels=IMAGENET_LABELS, num_threads=2, warn=False)
     imgs = [preprocess.decode_image(shared / "images" / n) for n in ("grace_hopper.bmp", "cat.bmp", "parrot.jpg")]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.classifier import UNKNOWN_LABEL
+from edge_runtime.classifier import UNKNOWN_LABEL, answers
 
 from toolchain.core import data as data_mod
 from toolchain.rundir import runfolder
@@ -165,16 +165,6 @@ def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
     found = [(int(i), int(np.argmax(p[i])), float(p[i, y[i]])) for i in idx]
     return found, (f"confident learning (cleanlab {getattr(cleanlab, '__version__', '?')}) on out-of-fold "
                    f"probabilities of {FOLDS} logistic-regression heads on the base's features")
-
-
-def decide(probs: np.ndarray, min_score: float) -> np.ndarray:
-    """What the runtime answers for each row of ``probs``: the best index (ties: the lower), or -1
-    ("unknown") when it scores below ``min_score`` (compared in float32, as MediaPipe does)."""
-    p = np.asarray(probs, np.float32)
-    best = np.argmax(p, axis=1)
-    if min_score:
-        best = np.where(p[np.arange(len(p)), best] < np.float32(min_score), -1, best)
-    return best
 
 
 # ------------------------------------------------------------------ thumbnails
@@ -350,7 +340,7 @@ def unknown_figures(ds, evalset, min_score: float) -> dict:
             q = p.copy()
             if label == "best class" and k_unknown is not None:
                 q[:, k_unknown] = -1.0  # never answers unknown
-            a = decide(q, t)
+            a = answers(q, t)
             said_unknown = (a == -1) | ((a == ku) if ku is not None else False)
             r = {"in_class_accuracy": round(float((a[inc] == y[inc]).mean()), 4) if inc.any() else None,
                  "in_class_unknown": int(said_unknown[inc].sum())}
@@ -368,15 +358,15 @@ def misclassified(ds, evalset, run: Path, min_score: float = 0.0) -> list:
     y = np.asarray(evalset.labels)
     models = [("keras", np.asarray(evalset.p_keras, np.float32))] + \
         [(m, np.asarray(p, np.float32)) for m, p in evalset.p_tflite.items()]
-    answers = {m: decide(p, min_score) for m, p in models}
+    answers_of = {m: answers(p, min_score) for m, p in models}
     order = {"test": 0, "val": 1, "train": 2}
     out = []
     for i in sorted(range(len(y)), key=lambda i: (order.get(where[i][1], 3), i)):
-        wrong = [m for m, _ in models if answers[m][i] != y[i]]
+        wrong = [m for m, _ in models if answers_of[m][i] != y[i]]
         if not wrong:
             continue
         m = wrong[0]
-        a = int(answers[m][i])
+        a = int(answers_of[m][i])
         p = dict(models)[m][i]
         out.append({"path": where[i][0], "split": where[i][1], "truth": ds.classes[int(y[i])],
                     "predicted": UNKNOWN_LABEL if a < 0 else ds.classes[a], "score": round(float(p.max()), 4),
