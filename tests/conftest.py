@@ -58,17 +58,31 @@ def cache_dir(tmp_path, monkeypatch):
 requires_tf = pytest.mark.skipif(not HAVE_TF, reason="needs TensorFlow (pip install '.[train]')")
 
 
-def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False, block=()):
+FORK_MARK = "[test: os.fork]"
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900, block_tf=False, block=(), mark_forks=False):
     """Run `edgetl ARGS` in a fresh process; returns CompletedProcess (text). ``block``: modules made
-    unimportable in that process (as if not installed); ``block_tf`` blocks TensorFlow."""
+    unimportable in that process (as if not installed); ``block_tf`` blocks TensorFlow. ``mark_forks``:
+    every os.fork of that process (a fork beside TensorFlow's threads can deadlock) writes FORK_MARK to
+    its stderr."""
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+    if mark_forks:
+        code = f"import os; os.register_at_fork(before=lambda: os.write(2, b'\\n{FORK_MARK}\\n')); " + code
     for mod in tuple(block) + (("tensorflow",) if block_tf else ()):
         code = f"import sys; sys.modules[{mod!r}] = None; " + code
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=e, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                              env=e, timeout=timeout)
+    except subprocess.TimeoutExpired as t:  # the test fails on the exit code, showing what the command printed
+        def text(b):
+            return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
+
+        return subprocess.CompletedProcess(t.cmd, -9, text(t.stdout),
+                                           text(t.stderr) + f"\n[run_cli: no end within {timeout} s: killed]\n")
 
 
 def run_python(code: str):
@@ -132,7 +146,8 @@ def tiny_run(tmp_path_factory, tiny_data):
     # A random-weight base quantizes far worse than an ImageNet one (agreement ~0.95 instead of ~0.996, see
     # the README's figures), so the gates are relaxed here; test_build_gate_failure_exits_1 uses the defaults.
     proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--quantize", "int8", "--quantize", "float16",
-                   "--quantize", "dynamic", "--quantize", "float32", "--min-agreement", "0.85", "--max-drop", "15")
+                   "--quantize", "dynamic", "--quantize", "float32", "--min-agreement", "0.85", "--max-drop", "15",
+                   mark_forks=True)
     return run, proc
 
 

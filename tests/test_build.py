@@ -20,6 +20,9 @@ def test_build_exit_code_and_run_folder_contract(tiny_run):
     run, proc = tiny_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    from conftest import FORK_MARK
+
+    assert FORK_MARK not in proc.stderr  # nothing forks beside TensorFlow's threads (cleanlab's pool did)
     assert f"deleted {run / 'cache'}/" in proc.stderr  # a successful build drops its cache (no --keep-cache)
     for name in ("split.json", "labels.txt", "model.keras", "stage1.keras", "report.json", "report.md",
                  "plots/training_curves.png", "plots/confusion_keras.png", "plots/size_accuracy_latency.png"):

@@ -5,6 +5,7 @@ metadata and `edgetl predict` say about them."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,10 @@ def test_near_duplicates_are_regrouped_into_one_split(known):
     assert "moved between splits" in (run / "report.md").read_text()
 
 
+FORKS: list = []  # one entry per os.fork of this process (multiprocessing's included)
+os.register_at_fork(before=lambda: FORKS.append(1))
+
+
 def test_confident_learning_finds_every_flipped_label():
     """The method on features of known structure: three clusters (non-negative, as pooled ReLU features
     are), three labels flipped. Every flipped photo is found, with its true class suggested, and nothing
@@ -83,7 +88,10 @@ def test_confident_learning_finds_every_flipped_label():
     given = truth.copy()
     given[[5, 40, 77]] = [1, 2, 0]
     for seed in (0, 7, 42):
+        forks = len(FORKS)
         found, note = diagnose.label_issues(feats, given, 3, seed)
+        # no process is forked: it runs inside the build, beside TensorFlow's threads (see label_issues)
+        assert len(FORKS) == forks, "the label check forked a process"
         assert sorted((i, s) for i, s, _ in found) == [(5, 0), (40, 1), (77, 2)], (seed, found)
         assert all(0.0 <= score < 0.5 for _, _, score in found) and "cleanlab" in note
     assert diagnose.label_issues(feats, truth, 3, 0)[0] == []  # clean labels: no issue

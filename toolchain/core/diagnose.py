@@ -158,8 +158,11 @@ def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
         return [], "too few photos for a label check"
     p = out_of_fold(feats, y, n_classes, seed)
     try:
+        # n_jobs=1: cleanlab's default (one process per core) forks a multiprocessing.Pool, and a fork of a
+        # process running TensorFlow's threads can deadlock in the child (a lock held at the fork): the build
+        # then hung for ever, and the stuck child outlived a kill of its parent (tests/test_diagnose.py)
         idx = cleanlab.filter.find_label_issues(y, p, filter_by="prune_by_noise_rate",
-                                                return_indices_ranked_by="self_confidence")
+                                                return_indices_ranked_by="self_confidence", n_jobs=1)
     except Exception as e:  # noqa: BLE001 (a degenerate dataset: no label check, said why)
         return [], f"cleanlab could not run ({str(e)[:200]})"
     found = [(int(i), int(np.argmax(p[i])), float(p[i, y[i]])) for i in idx]
