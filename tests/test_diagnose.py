@@ -153,7 +153,10 @@ def test_unknown_photos_are_answered_unknown(known):
     rows = u["models"]["float32"]
     assert rows["best class"]["false_accept_rate"] == 1.0  # without the unknown class every such photo is a class
     assert rows["unknown class"]["false_accept_rate"] <= 0.5
+    r = run_cli("info", run, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["min_score"] == u["min_score"], r.stderr[-2000:]
     if u["min_score"]:  # the threshold is in both metadata forms, where MediaPipe and the Task Library read it
+        assert f"below {u['min_score']:.6g} (calibrated)" in run_cli("info", run).stdout
         std = metadata.read_standard(run / "model_float32.tflite")
         assert std["outputs"][0]["score_threshold"] == pytest.approx(u["min_score"], abs=1e-6)
         assert metadata.read(run / "model_float32.tflite")["min_score"] == pytest.approx(u["min_score"])
@@ -184,6 +187,9 @@ def test_min_score_by_hand_is_written_and_applied(known, tmp_path):
     assert metadata.read_standard(model)["outputs"][0]["score_threshold"] == pytest.approx(0.97)
     clf = Classifier(model, warn=False)
     assert clf.min_score == pytest.approx(0.97) and "edgetl metadata" in clf.sources["min_score"]
+    r = run_cli("info", model)  # both forms of the threshold are shown
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "threshold 0.97 (ScoreThresholdingOptions" in r.stdout and "below 0.97 (min_score)" in r.stdout
     photos = sorted((data / "red").iterdir())[:6]
     plain = Classifier(model, warn=False, min_score=0)
     for p in photos:

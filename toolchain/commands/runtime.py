@@ -282,7 +282,9 @@ def info_run(run, as_json: bool, backend=None):
                        "accuracy_drop_pt": r.get("accuracy_drop_pt"),
                        "accuracy_drop_ci95_pt": r.get("accuracy_drop_ci95_pt"), "agreement": r.get("agreement")})
     if as_json:
+        unk = rep.get("unknown") if isinstance(rep.get("unknown"), dict) else {}
         print(json.dumps({"run": str(run), "classes": classes, "status": rep.get("status"), "models": models,
+                          "min_score": unk.get("min_score") if _is_num(unk.get("min_score")) else None,
                           "choice": choice.as_dict() if choice else None, "cache": str(choose.cache_file())}))
         return
     print(f"run        {run}: {len(classes)} classes, MobileNetV2 alpha {cfg.get('alpha')} at "
@@ -305,6 +307,10 @@ def info_run(run, as_json: bool, backend=None):
     for m in models:
         if not m["passed"] and m["reason"]:
             print(f"not used   {m['mode']}: {m['reason']}")
+    unk = rep.get("unknown") if isinstance(rep.get("unknown"), dict) else {}
+    if _is_num(unk.get("min_score")) and unk["min_score"]:
+        src = unk.get("source") or "-"
+        print(f"unknown    the models answer 'unknown' when the best score is below {unk['min_score']:.6g} ({src})")
     if choice is not None:
         print(f"choice     {Path(choice.path).name} at {choice.threads} thread(s) on this device ({choice.p50_ms:.2f} ms "
               f"p50, measured {choice.measured}); predict and camera use it, `edgetl bench {run}` measures again")
@@ -359,6 +365,11 @@ def info(model, as_json: bool, backend):
                  else "no normalization")
               + (f", stats min {_fmt_list(stats.get('min') or [])} max {_fmt_list(stats.get('max') or [])}" if stats else ""))
         print(f"  output   {so.get('name') or '-'}: {so.get('content') or '-'}")
+        if _is_num(so.get("score_threshold")) and so["score_threshold"]:
+            print(f"  threshold {so['score_threshold']:.6g} (ScoreThresholdingOptions: MediaPipe and the Task Library "
+                  "return no category below it)")
+        if so.get("calibration"):
+            print(f"  calibration ScoreCalibrationOptions for {len(so['calibration'])} classes (applied to the scores)")
         if std.get("labels"):
             print(f"  labels   {_fmt_labels(std['labels'])} (from {std.get('labels_file')})")
         for f in std.get("associated_files") or []:
@@ -372,6 +383,8 @@ def info(model, as_json: bool, backend):
         print(f"  input    {inp.get('size')} {inp.get('color')}, resize {inp.get('resize')}, "
               f"values {inp.get('value_range')}, {inp.get('dtype')}")
         print(f"  keras    sha256 {str(meta.get('keras_model_sha256'))[:16]}...")
+        if _is_num(meta.get("min_score")) and meta["min_score"]:
+            print(f"  unknown  answered when the best score is below {meta['min_score']:.6g} (min_score)")
         ds = meta.get("dataset") or {}
         if ds:
             print(f"  dataset  {ds.get('total')} photos, {len(ds.get('classes', []))} classes, from {ds.get('data_dir')}")
