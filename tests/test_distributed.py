@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -86,7 +87,13 @@ def _sha(folder):
 
 
 @requires_tf
-def test_a_killed_worker_stops_the_chief_naming_it_and_the_old_run_stays(tmp_path, tiny_data, dist_pair):
+@pytest.mark.parametrize("victim,frozen", [(1, False), (0, False), (0, True)],
+                         ids=["worker", "chief", "chief-with-worker-frozen"])
+def test_a_killed_worker_stops_the_chief_naming_it_and_the_old_run_stays(tmp_path, tiny_data, dist_pair, victim,
+                                                                         frozen):
+    """A killed worker: the chief stops, naming it. A killed chief: the command ends naming it, also when
+    the other worker cannot notice (frozen by SIGSTOP: it would wait for ever), which is then stopped.
+    Either way the previous run stays and no worker is left running."""
     _, _, two, _ = dist_pair
     prev = tmp_path / "runs" / "run"
     shutil.copytree(two, prev)
@@ -113,22 +120,37 @@ def test_a_killed_worker_stops_the_chief_naming_it_and_the_old_run_stays(tmp_pat
         if "private network namespace" in launch:
             _check_sockets(pids)
         t_kill = time.monotonic()
-        os.kill(pids[1], 9)
+        if frozen:
+            os.kill(pids[1], signal.SIGSTOP)
+        os.kill(pids[victim], 9)
         proc.wait(timeout=240)
         elapsed = time.monotonic() - t_kill
+        left = [p for p in pids if _running(p)]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for p in pids if "pids" in locals() else []:
+            if _running(p):  # never leave a frozen worker behind, whatever the test says
+                os.kill(p, signal.SIGKILL)
     reader.join(5)
     err = "".join(lines)
     assert proc.returncode not in (0, None), err[-3000:]
     assert elapsed < 120, f"the chief took {elapsed:.0f}s to stop"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "worker 1" in errors[0], err[-3000:]
+    assert len(errors) == 1 and ("worker 1" if victim else "chief") in errors[0], err[-3000:]
     assert "Traceback" not in err
+    assert not left, f"still running after the command ended: {left}"
     assert _sha(prev) == before  # the previous run, untouched
     assert sorted(os.listdir(prev.parent)) == ["run"]  # no staged copy, no lock left
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _check_sockets(pids):
@@ -231,3 +253,27 @@ def test_several_devices_of_one_machine_build_the_same_model(tmp_path, tiny_data
     assert d["strategy"] == "MirroredStrategy" and d["workers"] == 1 and d["devices"] == ["CPU:0", "CPU:1"]
     assert "[2 devices]" in r.stderr
     assert _max_diff(one / "model.keras", run / "model.keras") <= 1e-5
+
+
+def test_what_a_worker_leaves_running_is_ended_with_the_command():
+    """A process a worker started and left behind (here a shell's background `sleep`, orphaned when the shell
+    ends; in a build, a fork of a killed worker) comes back to the supervisor (a child subreaper) and is
+    killed when the workers are done: it no longer holds the user's terminal (here: the pipe) open."""
+    code = r"""
+import os, subprocess, sys, time
+from toolchain.cluster import distributed
+assert distributed.become_subreaper()
+sh = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!"], stdout=subprocess.PIPE, text=True)
+orphan = int(sh.stdout.readline())
+sh.wait()
+time.sleep(0.2)
+assert orphan in distributed.descendants(os.getpid()), "the orphan did not come back"
+assert distributed.end_descendants() == [orphan]
+print("pipe closed" if sh.stdout.read() == "" else "pipe open")
+assert not os.path.exists(f"/proc/{orphan}")
+"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only (PR_SET_CHILD_SUBREAPER)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "pipe closed"

@@ -306,6 +306,7 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
         interrupted["sig"] = signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    become_subreaper()
     try:
         if lock is not None:
             lock.acquire()
@@ -343,12 +344,78 @@ def launch(the_plan, argv: list, lock_target: Path | None, timeout: float = DEFA
                 os.close(ch.status_fd)
             except OSError:
                 pass
+        stray = end_descendants()
+        if stray:
+            ui.info(f"stopped {len(stray)} process(es) the workers had left running (pid {', '.join(map(str, stray))})")
         if lock is not None and lock.fd is not None:
             runfolder.recover(Path(lock_target))  # a staged folder of a killed chief goes
             lock.release()
         shutil.rmtree(scratch_root, ignore_errors=True)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def become_subreaper() -> bool:
+    """Linux: the processes this one starts that lose their parent (a fork of a worker that never ran a
+    program, left behind when the worker was killed) become this process's children, so that
+    ``end_descendants`` finds them; elsewhere nothing (False)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root: int) -> list:
+    """The pids of every living descendant of process ``root`` (Linux /proc; [] elsewhere)."""
+    kids: dict = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for d in names:
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if stat[0] not in ("Z", "X"):
+            kids.setdefault(int(stat[1]), []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def end_descendants(grace: float = 5.0) -> list:
+    """Kill (SIGKILL) every process still descending from this one and reap the ones that are its children;
+    returns their pids. Called when the workers are done: nothing of theirs may run on (or hold the
+    user's terminal and files) after the command ended."""
+    left = descendants(os.getpid())
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    end = time.monotonic() + grace
+    for pid in left:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not this process's child (its parent reaps it) or already reaped
+                break
+            if done or time.monotonic() > end:
+                break
+            time.sleep(0.02)
+    return left
 
 
 SCRATCH_PREFIX = "edgetl-workers-"
@@ -461,7 +528,7 @@ def _fail(msg: str, hint: str) -> int:
 def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) -> int:
     start = time.monotonic()
     chief = children[0] if local else None
-    lost_at, lost = None, None
+    lost_at, lost, chief_done_at = None, None, None
     while True:
         for ch in children:
             if not ch.joined:
@@ -484,7 +551,7 @@ def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) 
             return _fail(f"the cluster did not come together within {timeout:.0f} s: {names} did not join",
                          "start the same command on every worker (each with its own --task-index or TF_CONFIG); "
                          "check the addresses and that the ports are open between the machines (--worker-timeout)")
-        if local and lost is None:
+        if local and lost is None and chief.proc.poll() is None:
             for ch in children[1:]:
                 if ch.proc.poll() not in (None, 0):
                     lost, lost_at = ch, time.monotonic()
@@ -494,6 +561,16 @@ def _supervise(children, me: Cluster, local: bool, timeout: float, interrupted) 
             _stop(children)
             return _fail(f"lost {lost.label}: it {lost.describe_exit()}, and the chief did not stop by itself",
                          "nothing was written; see the worker's messages above and run the command again")
+        if local and chief.proc.poll() is not None:
+            # the others hand their part to the chief and end before it: one still running after the chief
+            # ended waits for it in vain (a collective that never completes): stopped, the chief's code stands
+            chief_done_at = chief_done_at or time.monotonic()
+            if time.monotonic() - chief_done_at > LOST_GRACE:
+                left = [ch for ch in running if ch is not chief]
+                ui.info(f"the chief {chief.describe_exit()}; stopping {', '.join(ch.label for ch in left)}, "
+                        "which cannot go on without it")
+                _stop(children)
+                break
         time.sleep(0.2)
     for ch in children:
         if ch.reader is not None:
