@@ -99,8 +99,9 @@ def below_min_score(score, min_score) -> bool:
 def answers(probs: np.ndarray, min_score=0.0) -> np.ndarray:
     """What a classifier answers for each row of ``probs`` (N, classes): the best class index (ties: the
     lower, as ``top_indices``), or -1 ("unknown") when that score is ``below_min_score``."""
-    p = np.asarray(probs, np.float32).reshape(len(probs), -1)
-    best = np.argmax(p, axis=1)
+    p = np.asarray(probs, np.float32)
+    p = p[None] if p.ndim == 1 else p
+    best = np.argmax(p, axis=1) if p.shape[0] else np.zeros(0, np.int64)
     if min_score and len(p):
         best = np.where(p[np.arange(len(p)), best] < np.float32(min_score), -1, best)
     return best

@@ -94,6 +94,9 @@ def test_score_calibration_is_applied_as_mediapipe_does(test_models, transform):
         below_min += want[2] == CALIB_DEFAULT_SCORE
     # the calibration matters on these photos: it changes the answer, and min_score both holds and cuts
     assert changed_top1 > 0 and 0 < below_min < len(_photos())
+    r = run_cli("info", path)  # and `info` says it is there
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"calibration ScoreCalibrationOptions {transform}, {len(CALIBRATION[transform])} lines" in r.stdout
 
 
 def test_score_calibration_of_a_quantized_output(test_models):

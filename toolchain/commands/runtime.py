@@ -368,8 +368,10 @@ def info(model, as_json: bool, backend):
         if _is_num(so.get("score_threshold")) and so["score_threshold"]:
             print(f"  threshold {so['score_threshold']:.6g} (ScoreThresholdingOptions: MediaPipe and the Task Library "
                   "return no category below it)")
-        if so.get("calibration"):
-            print(f"  calibration ScoreCalibrationOptions for {len(so['calibration'])} classes (applied to the scores)")
+        cal = so.get("calibration")
+        if cal is not None:
+            print(f"  calibration ScoreCalibrationOptions {cal.score_transformation}, {len(cal.sigmoids)} lines in "
+                  f"{cal.file}, default score {cal.default_score:g} (applied to the scores)")
         if std.get("labels"):
             print(f"  labels   {_fmt_labels(std['labels'])} (from {std.get('labels_file')})")
         for f in std.get("associated_files") or []:
