@@ -201,7 +201,9 @@ def test_offline_imagenet_fails_first_and_leaves_nothing(tmp_path, tiny_data):
 
 
 def test_training_without_tensorflow_says_how_to_install(tmp_path, tiny_data):
-    r = run_cli("train", tiny_data, "--out", tmp_path / "run", block_tf=True)
+    # --weights none: with the default ImageNet weights and none in Keras' cache (a fresh machine, offline)
+    # the weights check speaks first (test_first_use: it runs before TensorFlow is imported)
+    r = run_cli("train", tiny_data, "--out", tmp_path / "run", "--weights", "none", block_tf=True)
     assert r.returncode == 2 and "pip install" in r.stderr and "[train]" in r.stderr
     assert "Traceback" not in r.stderr
 
