@@ -146,11 +146,10 @@ def test_a_killed_worker_stops_the_chief_naming_it_and_the_old_run_stays(tmp_pat
 
 
 def _running(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    from toolchain.cluster.distributed import proc_stat
+
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
 
 
 def _check_sockets(pids):

@@ -379,13 +379,8 @@ def descendants(root: int) -> list:
     except OSError:
         return []
     for d in names:
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if stat[0] not in ("Z", "X"):
+        stat = proc_stat(d) if d.isdigit() else None
+        if stat and stat[0] not in ("Z", "X"):
             kids.setdefault(int(stat[1]), []).append(int(d))
     out, todo = [], [root]
     while todo:
@@ -422,13 +417,21 @@ SCRATCH_PREFIX = "edgetl-workers-"
 OWNER_FILE = ".owner.json"
 
 
+def proc_stat(pid) -> list | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ...; Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields or None
+
+
 def _start_time(pid: int):
     """The start time of process ``pid`` (clock ticks since boot, Linux), or None if unknown: with the pid,
     it names a process even after the pid is reused."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int((proc_stat(pid) or [])[19])
+    except (ValueError, IndexError):
         return None
 
 

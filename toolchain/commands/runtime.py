@@ -273,6 +273,8 @@ def info_run(run, as_json: bool, backend=None):
     cfg = rep.get("config") if isinstance(rep.get("config"), dict) else {}
     classes = [str(c) for c in rep.get("classes") or []] if isinstance(rep.get("classes"), list) else []
     choice = choose.remembered(run)
+    unk = rep.get("unknown") if isinstance(rep.get("unknown"), dict) else {}
+    min_score = unk.get("min_score") if _is_num(unk.get("min_score")) else None
     models = []
     for c in cands:
         r = tfl.get(c.mode) if isinstance(tfl.get(c.mode), dict) else {}
@@ -282,9 +284,8 @@ def info_run(run, as_json: bool, backend=None):
                        "accuracy_drop_pt": r.get("accuracy_drop_pt"),
                        "accuracy_drop_ci95_pt": r.get("accuracy_drop_ci95_pt"), "agreement": r.get("agreement")})
     if as_json:
-        unk = rep.get("unknown") if isinstance(rep.get("unknown"), dict) else {}
         print(json.dumps({"run": str(run), "classes": classes, "status": rep.get("status"), "models": models,
-                          "min_score": unk.get("min_score") if _is_num(unk.get("min_score")) else None,
+                          "min_score": min_score,
                           "choice": choice.as_dict() if choice else None, "cache": str(choose.cache_file())}))
         return
     print(f"run        {run}: {len(classes)} classes, MobileNetV2 alpha {cfg.get('alpha')} at "
@@ -307,10 +308,9 @@ def info_run(run, as_json: bool, backend=None):
     for m in models:
         if not m["passed"] and m["reason"]:
             print(f"not used   {m['mode']}: {m['reason']}")
-    unk = rep.get("unknown") if isinstance(rep.get("unknown"), dict) else {}
-    if _is_num(unk.get("min_score")) and unk["min_score"]:
-        src = unk.get("source") or "-"
-        print(f"unknown    the models answer 'unknown' when the best score is below {unk['min_score']:.6g} ({src})")
+    if min_score:
+        print(f"unknown    the models answer 'unknown' when the best score is below {min_score:.6g} "
+              f"({unk.get('source') or '-'})")
     if choice is not None:
         print(f"choice     {Path(choice.path).name} at {choice.threads} thread(s) on this device ({choice.p50_ms:.2f} ms "
               f"p50, measured {choice.measured}); predict and camera use it, `edgetl bench {run}` measures again")
