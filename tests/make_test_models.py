@@ -17,6 +17,9 @@ tests in the tflite-runtime environment (which has no TensorFlow to make them).
                           defaults (the "mediapipe" policy) on the first 12 photos of each flowers10 class
                           (MobileNetV2 1.0 at 96 px, stage 1 only, int8 and float32): a real default build,
                           for tests/mediapipe's agreement test on the other flowers10 photos
+- four_mode/              `edgetl build` of a tiny random-weight model (alpha 0.35, 96 px, 3 colour classes) in all
+                          four modes (int8, float16, dynamic, float32): a real run folder, for the test that
+                          every model of a run loads and classifies under the interpreter of each environment
 - bare_uint8.tflite       the int8/uint8 conversion with no metadata at all
 - std_gray.tflite         a 32x32 one-channel float model (softmax over 3) with ONLY standard metadata:
                           GRAYSCALE, NormalizationOptions mean 127.5 / std 127.5, labels.txt
@@ -101,6 +104,24 @@ def _flowers_default(out: Path):
         subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(out / "flowers_default"),
                         "--force", "--image-size", "96", "--weights", str(weights), "--fine-tune-epochs", "0",
                         "--min-agreement", "0", "--max-drop", "100"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+
+
+def _four_mode_run(out: Path):
+    """A real `edgetl build` in every mode, on photos of conftest's tiny dataset (see the module docstring)."""
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import TINY_TRAIN, write_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_dataset(Path(tmp) / "photos", per_class=10)
+        code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+        modes = [a for m in ("int8", "float16", "dynamic", "float32") for a in ("--quantize", m)]
+        subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(out / "four_mode"), "--force",
+                        *TINY_TRAIN, "--fine-tune-epochs", "0", *modes, "--min-agreement", "0", "--max-drop", "100"],
+                       check=True, capture_output=True,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
 
 
@@ -190,6 +211,7 @@ def make_all(out: Path):
 
     make_heads(keras, convert, meta_mod, out)
     make_calibrated(keras, convert, meta_mod, out)
+    _four_mode_run(out)
     _flowers_default(out)
     (out / "done").write_text("ok\n")
     return out

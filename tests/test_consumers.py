@@ -269,6 +269,38 @@ def test_every_mode_loads_and_classifies_under_this_interpreter(test_models, nam
     assert tuple(int(x) for x in version.split(".")) <= (2, 14, 0), f"{name} needs TFLite {version}"
 
 
+@pytest.mark.parametrize("run_name", ["four_mode", "flowers_default"])
+def test_every_model_of_a_run_loads_and_classifies_under_this_interpreter(test_models, run_name, tmp_path,
+                                                                          cache_dir):
+    """Real run folders of `edgetl build` (every mode; a default build): in .venv-test-tflite under
+    tflite-runtime 2.14, `predict RUN --mode M` answers with every model in the run, and `bench RUN` ranks
+    them all (none skipped as unloadable)."""
+    import shutil
+
+    src = test_models / run_name
+    if not src.is_dir():
+        pytest.skip(f"{run_name} was not made (flowers_default needs ../shared: set EDGETL_SHARED)")
+    run = tmp_path / run_name
+    shutil.copytree(src, run)
+    modes = sorted(p.stem.removeprefix("model_") for p in run.glob("model_*.tflite"))
+    assert modes == (["dynamic", "float16", "float32", "int8"] if run_name == "four_mode" else ["float32", "int8"])
+    classes = json.loads((run / "report.json").read_text())["classes"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(_photos(3)[:3]):
+        Image.fromarray(img).save(photos / f"p{i}.jpg", quality=95)
+    for mode in modes:
+        r = run_cli("predict", run, photos, "--mode", mode, "--json", timeout=300)
+        assert r.returncode == 0, f"{mode}: {r.stderr[-1500:]}"
+        assert f"model_{mode}.tflite" in r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert len(rows) == 3 and all(x["label"] in classes and 0 < x["score"] <= 1 for x in rows), rows
+    r = run_cli("bench", run, "--runs", "3", "--warmup", "0", "--threads", "1", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-1500:]
+    ch = json.loads(r.stdout)["choice"]
+    assert sorted(x["mode"] for x in ch["ranking"]) == modes and not ch["skipped"], ch
+
+
 # ------------------------------------------------------------------ consumer parity as a gate
 
 
