@@ -53,7 +53,19 @@ def known(tmp_path_factory):
     r = run_cli("build", data, "--out", run, "--unknown", other, *TINY_FLAGS, "--quantize", "float32",
                 "--min-agreement", "0.85", "--max-drop", "15")
     assert r.returncode == 0, r.stderr[-3000:]
+    KNOWN_STDERR.append(r.stderr)
     return run, data, other, json.loads((run / "report.json").read_text())
+
+
+KNOWN_STDERR: list = []
+
+
+def _last_split_table(stderr: str) -> dict:
+    """The per-split totals of the last split table a build printed: {split: photos}."""
+    lines = [x.split() for x in stderr.splitlines()]
+    head = max(i for i, x in enumerate(lines) if x[:1] == ["class"] and x[-1:] == ["all"])
+    total = next(x for x in lines[head:] if x[:1] == ["total"])
+    return dict(zip(lines[head][1:-1], map(int, total[1:-1])))
 
 
 def test_near_duplicates_are_regrouped_into_one_split(known):
@@ -67,6 +79,9 @@ def test_near_duplicates_are_regrouped_into_one_split(known):
     assert pair["splits"] == [where["green/green_00.jpg"]] * 2
     assert len(rep["data"]["regrouped"]) == sum(1 for p in pairs if p.get("moved"))
     assert "moved between splits" in (run / "report.md").read_text()
+    # the split table the build printed last is the recorded split, after the regrouping
+    assert rep["data"]["regrouped"], "this dataset's copy was expected to be regrouped"
+    assert _last_split_table(KNOWN_STDERR[0]) == {s: len(items) for s, items in split["files"].items()}
 
 
 FORKS: list = []  # one entry per os.fork of this process (multiprocessing's included)

@@ -262,7 +262,8 @@ def on_features(ds, run: Path, cfg, rows, feats, ctx, extra_seconds: float = 0.0
                 f"split ({len(pairs)} near-duplicate pair(s) found)")
         ds.notes = [n for n in ds.notes if "appear in more than one split" not in n] + [note]
         data_mod.write_split(ds, run, cfg, index=False)
-        ui.info(note)
+        ui.info(note + "; the split is now:")
+        data_mod.print_counts(ds)
     elif pairs:
         across = sum(1 for p in pairs if p["splits"][0] != p["splits"][1])
         ui.info(f"{len(pairs)} near-duplicate pair(s) found" + (f", {across} across splits (a given split is "
