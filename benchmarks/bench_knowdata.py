@@ -14,6 +14,7 @@ validation photos) the share answered `unknown` by edge_runtime (every model) an
 test accuracy of each model with and without --unknown (edge_runtime, the same test photos).
 
     python benchmarks/bench_knowdata.py [--part data|unknown|all] [--keep DIR] [--mediapipe-python PY]
+                                        [--seeds 42,1,2]   # the unknown part once per seed, and the mean
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ print(json.dumps(out))
 """
 
 
-def part_unknown(work: Path, env, mp_python: str | None):
+def part_unknown(work: Path, env, mp_python: str | None, seeds=(None,)):
     print("== unknown: 200 photos of other things, 50 held out")
     rng = random.Random(0)
     train = sorted(p for p in (HOTDOG / "train").rglob("*") if p.is_file())
@@ -138,25 +139,45 @@ def part_unknown(work: Path, env, mp_python: str | None):
     for i, p in enumerate(rng.sample(train, 200)):
         shutil.copy(p, other / f"{i:03d}_{p.name}")
     held = rng.sample(held, 50)
-    _, wall0 = build(FLOWERS, work / "run_plain", env)
-    rep, wall1 = build(FLOWERS, work / "run_unknown", env, "--unknown", other)
+    summary = []
+    for seed in seeds:
+        summary += unknown_one_seed(work, env, mp_python, other, held, seed)
+    if len(seeds) > 1:
+        print("flowers10 test photos right, with --unknown against without, per seed:")
+        for mode in sorted({m for m, *_ in summary}):
+            rows = [(sd, a1, a0, n) for m, sd, a1, a0, n in summary if m == mode and a0 is not None]
+            diffs = [a1 - a0 for _, a1, a0, _ in rows]
+            print(f"  {mode}: " + ", ".join(f"seed {sd}: {a1} vs {a0} of {n}" for sd, a1, a0, n in rows)
+                  + f"; mean difference {sum(diffs) / len(diffs):+.2f} photos")
+
+
+def unknown_one_seed(work: Path, env, mp_python, other: Path, held: list, seed) -> list:
+    """One seed's pair of builds (without, with --unknown); [(mode, seed, right with, right without, n)]."""
+    flags = ["--seed", str(seed)] if seed is not None else []
+    tag = f"_s{seed}" if seed is not None else ""
+    if seed is not None:
+        print(f"-- seed {seed}")
+    plain_run, unk_run = work / f"run_plain{tag}", work / f"run_unknown{tag}"
+    _, wall0 = build(FLOWERS, plain_run, env, *flags)
+    rep, wall1 = build(FLOWERS, unk_run, env, "--unknown", other, *flags)
     u = rep.get("unknown") or {}
     print(f"threshold: {u.get('min_score')} ({u.get('source')}; {u.get('val_unknown')} held-out unknown photos in "
           f"val); builds {wall0:.1f} s without, {wall1:.1f} s with --unknown")
     from edge_runtime import Classifier
 
-    s0 = json.loads((work / "run_plain" / "split.json").read_text())
-    s1 = json.loads((work / "run_unknown" / "split.json").read_text())
+    s0 = json.loads((plain_run / "split.json").read_text())
+    s1 = json.loads((unk_run / "split.json").read_text())
     t0 = sorted(tuple(x) for x in s0["files"]["test"])
     t1 = sorted(tuple(x) for x in s1["files"]["test"] if not Path(x[0]).is_absolute())
     print(f"same flowers10 test photos in both runs: {t0 == t1} ({len(t0)} photos)")
     classes = s0["classes"]
-    for m in models_of(work / "run_unknown"):
+    out = []
+    for m in models_of(unk_run):
         mode = m.stem.replace("model_", "")
         clf = Classifier(m, warn=False)
         said = [clf.classify_path(p, top_k=1)[0].label for p in held]
         acc1 = sum(clf.classify_path(FLOWERS / r, top_k=1)[0].label == classes[lab] for r, lab in t1)
-        plain = work / "run_plain" / m.name
+        plain = plain_run / m.name
         acc0 = (sum(Classifier(plain, warn=False).classify_path(FLOWERS / r, top_k=1)[0].label == classes[lab]
                     for r, lab in t0) if plain.is_file() else None)
         line = (f"{mode}: edge_runtime answers unknown for {said.count('unknown')}/50 held-out other photos; "
@@ -170,10 +191,12 @@ def part_unknown(work: Path, env, mp_python: str | None):
             else:
                 line += f"; MediaPipe Tasks: not run ({r.stderr.strip().splitlines()[-1:]})"
         print(line)
+        out.append((mode, seed, acc1, acc0, len(t1)))
     for name, rows in (u.get("models") or {}).items():
         print(f"  report.json unknown.models.{name}: " + "; ".join(
             f"{k}: in-class acc {v.get('in_class_accuracy')}, false-accept {v.get('false_accept_rate')}"
             for k, v in rows.items()))
+    return out
 
 
 def main():
@@ -181,6 +204,8 @@ def main():
     ap.add_argument("--part", choices=("data", "unknown", "all"), default="all")
     ap.add_argument("--keep", default=None, help="keep the copies and runs here (default: a temp folder)")
     ap.add_argument("--mediapipe-python", default=None, help="a Python with mediapipe (MediaPipe Tasks check)")
+    ap.add_argument("--seeds", default=None, help="unknown part: one pair of builds per --seed, e.g. 42,1,2 "
+                    "(default: one pair at edgetl's default seed)")
     args = ap.parse_args()
     need_shared()
     env = imagenet_env()
@@ -190,7 +215,8 @@ def main():
         if args.part in ("data", "all"):
             part_data(work, env)
         if args.part in ("unknown", "all"):
-            part_unknown(work, env, args.mediapipe_python)
+            seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else (None,)
+            part_unknown(work, env, args.mediapipe_python, seeds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
