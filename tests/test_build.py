@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, TINY_TRAIN, requires_tf, run_cli, run_python, write_dataset
+from conftest import TINY_FLAGS, TINY_GATES, TINY_TRAIN, requires_tf, run_cli, run_python, write_dataset
 
 from edge_runtime import Classifier, inspect_model
 from edge_runtime import model as model_mod
@@ -305,7 +305,7 @@ def test_quantize_float_io_and_bare_model(tiny_run, tmp_path, tiny_data):
     shutil.copy(run / "labels.txt", tmp_path / "labels.txt")
     out = tmp_path / "out"
     r = run_cli("quantize", tmp_path / "pets.keras", "--calibration", tiny_data, "--io", "float32", "--out", out,
-                "--mode", "int8", "--mode", "float16", "--min-agreement", "0.85", "--max-drop", "15")
+                "--mode", "int8", "--mode", "float16", *TINY_GATES)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in out.glob("*.tflite")) == ["pets_float16.tflite", "pets_int8.tflite"]
     assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]

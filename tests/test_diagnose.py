@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HAVE_TF, TINY_FLAGS, assert_user_error, colour_image, run_cli, write_dataset
+from conftest import HAVE_TF, TINY_FLAGS, TINY_GATES, assert_user_error, colour_image, run_cli, write_dataset
 
 
 def test_bad_unknown_folder_is_refused_before_tensorflow(tmp_path):
@@ -51,7 +51,7 @@ def known(tmp_path_factory):
     data, other = _photos(root)
     run = root / "run"
     r = run_cli("build", data, "--out", run, "--unknown", other, *TINY_FLAGS, "--quantize", "float32",
-                "--min-agreement", "0.85", "--max-drop", "15")
+                *TINY_GATES)
     assert r.returncode == 0, r.stderr[-3000:]
     KNOWN_STDERR.append(r.stderr)
     return run, data, other, json.loads((run / "report.json").read_text())

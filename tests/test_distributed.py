@@ -15,11 +15,11 @@ import threading
 import time
 
 import pytest
-from conftest import TINY_FLAGS, requires_tf, run_cli, run_python
+from conftest import TINY_FLAGS, TINY_GATES, requires_tf, run_cli, run_python
 
 # --dropout 0: dropout draws its masks per replica, so only without it is the random stream the same as in
 # one process (see toolchain/core/ctl.py); the gates are relaxed as for every tiny random-base model (conftest).
-DIST_BASE = TINY_FLAGS + ["--dropout", "0", "--min-agreement", "0.85", "--max-drop", "15"]
+DIST_BASE = TINY_FLAGS + ["--dropout", "0", *TINY_GATES]
 DIST_FLAGS = DIST_BASE + ["--quantize", "int8"]  # the cluster's conversion and parity: int8, the hard case
 ONE_FLAGS = DIST_BASE + ["--quantize", "float32"]  # references for the weights: the quick conversion
 CLI = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
