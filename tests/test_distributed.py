@@ -67,7 +67,8 @@ def test_two_local_workers_build_the_model_of_one_process(dist_pair):
     assert "distribution: MultiWorkerMirroredStrategy, 2 worker(s)" in p2.stderr
     assert re.search(r"stage 2 \[#+\] epoch 1/1 .*\[2 workers\]", p2.stderr)
     # stage 1: sharded features, gathered, the head trained on all of them on every worker: the same model
-    assert _max_diff(one / "stage1.keras", two / "stage1.keras") <= 1e-6
+    # to float rounding (1.0e-6 apart on an AVX2-only CPU, less with AVX-512: the kernels sum differently)
+    assert _max_diff(one / "stage1.keras", two / "stage1.keras") <= 1e-5
     # stage 2: the custom loop on the same global batches as fit: the same weights to float rounding
     assert _max_diff(one / "model.keras", two / "model.keras") <= 1e-5
     r1, r2 = json.loads((one / "report.json").read_text()), rep
