@@ -20,6 +20,8 @@ Variants (one `edgetl build` each, run one at a time, reused when DIR already ho
   as train/val/test folders; every training photo appears twice (fitted by fit_like_mediapipe, and centre-
   cropped by edgetl's ``crop`` fit), validation and test photos once (fit_like_mediapipe); built with
   ``--resize squash`` (identity on those 160x160 files). The test split is the crop run's test split;
+- ``views``: the default build with ``--train-views both`` (edgetl's own build option for ``both``: every
+  training photo also centre-cropped, in stage 1 and stage 2; its split is the default run's);
 - ``mpfit_aug``: ``mpfit`` with ``--augment`` (flip, crop, light views in stage 1, on the fly in stage 2).
 
 Datasets: ``flowers10`` (800 photos, no split: edgetl's seeded 80/10/10) and ``hotdog`` (its given train/val
@@ -55,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, SHARED, edgetl, imagenet_env, need_shared
 
 DATASETS = {"flowers10": SHARED / "datasets" / "flowers10", "hotdog": SHARED / "datasets" / "hotdog"}
-VARIANTS = ("default", "crop", "squash", "mpfit", "both", "mpfit_aug")
+VARIANTS = ("default", "crop", "squash", "mpfit", "both", "views", "mpfit_aug")
 MODES = ("int8", "float32")
 SIZE = 160
 
@@ -126,7 +128,8 @@ def build(out: Path, name: str, data: Path, variant: str, seed: int | None = Non
     else:
         src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
-            "--force"] + {"crop": ["--resize", "crop"], "default": []}.get(variant, ["--resize", "squash"]) + \
+            "--force"] + {"crop": ["--resize", "crop"], "default": [],
+                      "views": ["--train-views", "both"]}.get(variant, ["--resize", "squash"]) + \
         (["--seed", str(seed)] if seed is not None else []) + (["--augment"] if variant == "mpfit_aug" else [])
     for m in MODES:
         args += ["--quantize", m]

@@ -37,6 +37,7 @@ def test_unknown_key_is_an_error(tmp_path):
     ({"split": [0.5, 0.1]}, "split"),
     ({"quantize": ["int4"]}, "int4"),
     ({"resize": "stretch"}, "resize policy"),
+    ({"train_views": "three"}, "train views"),
     ({"io": "uint16"}, "io type"),
     ({"epochs": 0}, "epochs"),
     ({"dropout": 1.5}, "dropout"),

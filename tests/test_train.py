@@ -176,3 +176,83 @@ def test_imagenet_weights_from_local_file(imagenet_weights):
     assert info["source"] == "file" and len(info["sha256"]) == 64
     conv = base.get_layer("Conv1")
     assert float(np.abs(np.array(conv.kernel)).mean()) > 0.01  # real weights, not an initialiser
+
+
+def test_second_views_are_the_other_fit_of_each_training_photo(tmp_path):
+    """--train-views both: every training photo again, as the other fit frames it (here the centre crop of
+    the default MediaPipe fit), read from the file; a file that changed since it was decoded keeps only its
+    first view (its second would be of another photo)."""
+    from PIL import Image
+
+    from edge_runtime import preprocess
+    from toolchain.cfg import config
+    from toolchain.core import data, train
+
+    photos = write_dataset(tmp_path / "photos", per_class=8)  # 96x72 photos: the two fits differ
+    cfg = config.resolve(None, image_size=96, seed=3, train_views="both")
+    ds = data.build(photos, tmp_path / "run", cfg)
+    assert ds.resize == "mediapipe" and train.second_policy(ds.resize) == "crop"
+    train_files = ds.files["train"]
+    changed = photos / train_files[0][0]
+    Image.new("RGB", (96, 72), (255, 255, 0)).save(changed, "JPEG")  # another photo under the same name
+
+    views = train.second_views(ds, cfg, tmp_path / "views")
+    assert views.alt[0] == -1 and views.count == len(train_files) - 1
+    for i, (rel, _, row) in enumerate(train_files[1:4], start=1):
+        want = preprocess.fit(preprocess.decode_image(preprocess.read_file(photos / rel)), 96, "crop")
+        np.testing.assert_array_equal(views[[views.alt[i]]][0], want)
+        np.testing.assert_array_equal(views[[row]][0], ds.images[row])  # the first view: the cache's
+        assert not np.array_equal(want, ds.images[row])
+    assert train.second_views(ds, cfg) is views  # made once per split
+    assert train.second_views(ds, config.resolve(None, base=cfg.as_dict(), train_views="fit")) is None
+    assert list(tmp_path.joinpath("views").iterdir()) == []  # the pixels are in an unnamed file
+
+
+def test_train_views_both_in_stage_1_and_stage_2(small, tmp_path):
+    """The head trains on both views of every training photo; stage 2 shows each photo in one of its two
+    views per epoch (seeded), on the cached prefix exactly as through the whole graph on the photos."""
+    from toolchain.cfg import config
+    from toolchain.core import modeling, train
+
+    run, ds, cfg = small
+    cfg2 = config.resolve(None, base=cfg.as_dict(), train_views="both", fine_tune_epochs=2)
+    n = len(ds.rows("train"))
+    prefix = train.PrefixCache(tmp_path / "prefix")
+    try:
+        model, section, _, _ = train.stage1(ds, cfg2, run, prefix=prefix)
+        assert section["train_samples"] == 2 * n
+        assert section["second_views"] == {"policy": "crop", "photos": n}
+        views = ds.views
+        assert prefix.has(views.alt, model)  # stage 1 cached the second views' prefix outputs too
+    finally:
+        prefix.close()
+
+    src = train._batch_source(views, ds.rows("train"), ds.labels("train"), cfg2, shuffle=True, augment=False,
+                              alt=views.alt)
+    seen = [np.sort(src.cur)]
+    src.on_epoch_end()
+    seen.append(np.sort(src.cur))
+    for cur in seen:  # each photo once per epoch, in one of its views; both views in use
+        assert len(cur) == n and 0 < int((cur >= views.n).sum()) < n
+        assert set(cur[cur >= views.n]) <= set(views.alt)
+    assert not np.array_equal(seen[0], seen[1])  # drawn again every epoch
+
+    # stage 2 from the same stage-1 model, on the cached prefix (filled as `finetune` fills it) and on the photos
+    a, b = modeling.load(run / "stage1.keras"), modeling.load(run / "stage1.keras")
+    start = [np.asarray(w) for w in a.get_weights()]
+    prefix = train.PrefixCache(tmp_path / "prefix2")
+    try:
+        assert prefix.start(a, ds, cfg2)
+        prefix.fill(ds, np.zeros(0, np.int64), "prefix")
+        prefix.append(views, views.alt, "second views")
+        outcome = {}
+        train.fine_tune_fit(a, ds, cfg2, outcome=outcome, prefix=prefix)
+        assert outcome["on_cached_prefix"] is True
+    finally:
+        prefix.close()
+    outcome = {}
+    train.fine_tune_fit(b, ds, cfg2, outcome=outcome)
+    assert outcome["on_cached_prefix"] is False
+    on_prefix, on_photos = [np.asarray(w) for w in a.get_weights()], [np.asarray(w) for w in b.get_weights()]
+    assert max(float(np.max(np.abs(x - y))) for x, y in zip(start, on_prefix) if x.size) > 1e-5  # it trained
+    assert max(float(np.max(np.abs(x - y))) for x, y in zip(on_photos, on_prefix) if x.size) <= 1e-6

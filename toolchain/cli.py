@@ -78,6 +78,10 @@ Epochs = typer.Option(None, "--epochs", metavar="N", help="Stage-1 epochs (defau
 BatchSize = typer.Option(None, "--batch-size", metavar="N", help="Batch size (default 32).")
 LearningRate = typer.Option(None, "--learning-rate", metavar="LR", help="Stage-1 Adam learning rate (default 1e-3).")
 Augment = typer.Option(None, "--augment/--no-augment", help="Train on augmented views too: flip, crop, light (default off).")
+TrainViews = typer.Option(None, "--train-views", metavar="VIEWS",
+                          help="fit (default): train on the photos as the resize policy fits them; both: also on "
+                               "each training photo centre-cropped (MediaPipe's fit for --resize crop), so the "
+                               "model knows a photo however the consumer frames it.")
 FineTuneFrom = typer.Option(None, "--fine-tune-from", metavar="LAYER", help="First base layer to unfreeze: index or name (default 100).")
 FineTuneLR = typer.Option(None, "--fine-tune-lr", metavar="LR", help="Stage-2 Adam learning rate (default 1e-5).")
 FineTuneEpochs = typer.Option(None, "--fine-tune-epochs", metavar="N", help="Stage-2 epochs (default 5; 0 skips stage 2).")
@@ -214,6 +218,7 @@ def build(
     batch_size: Optional[int] = BatchSize,
     learning_rate: Optional[float] = LearningRate,
     augment: Optional[bool] = Augment,
+    train_views: Optional[str] = TrainViews,
     fine_tune_from: Optional[str] = FineTuneFrom,
     fine_tune_lr: Optional[float] = FineTuneLR,
     fine_tune_epochs: Optional[int] = FineTuneEpochs,
@@ -241,7 +246,7 @@ def build(
     from toolchain.commands import pipeline
 
     flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
-                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment,
+                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment, train_views=train_views,
                          fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                          split=split, seed=seed, resize=resize, strict=strict, quantize=quantize,
                          calibration_size=calibration_size, io=io, max_drop=max_drop, min_agreement=min_agreement,
@@ -268,6 +273,7 @@ def train(
     batch_size: Optional[int] = BatchSize,
     learning_rate: Optional[float] = LearningRate,
     augment: Optional[bool] = Augment,
+    train_views: Optional[str] = TrainViews,
     split: Optional[str] = Split,
     seed: Optional[int] = Seed,
     resize: Optional[str] = Resize,
@@ -284,7 +290,7 @@ def train(
     from toolchain.commands import pipeline
 
     flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
-                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment,
+                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment, train_views=train_views,
                          split=split, seed=seed, resize=resize, strict=strict, unknown=_unknown_flag(unknown))
     cfg = config_mod.resolve(config, **flags)
     out = out or _default_out(data_dir)
@@ -303,6 +309,7 @@ def finetune(
     fine_tune_epochs: Optional[int] = FineTuneEpochs,
     batch_size: Optional[int] = BatchSize,
     augment: Optional[bool] = Augment,
+    train_views: Optional[str] = TrainViews,
     cluster: Optional[str] = ClusterOpt,
     task_index: Optional[int] = TaskIndex,
     local_workers: Optional[int] = LocalWorkers,
@@ -313,7 +320,7 @@ def finetune(
     from toolchain.commands import pipeline
 
     flags = dict(fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
-                 batch_size=batch_size, augment=augment)
+                 batch_size=batch_size, augment=augment, train_views=train_views)
     if _distributed(lambda **kw: pipeline.do_finetune(run, flags, force, config_file=config, **kw), run, cluster,
                     task_index, local_workers, devices, worker_timeout):
         typer.echo(str(run))

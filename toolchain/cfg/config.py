@@ -23,6 +23,7 @@ IMAGE_SIZES = (96, 128, 160, 192, 224)
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
+TRAIN_VIEWS = ("fit", "both")
 # The consumers parity measures each TFLite model under (toolchain.core.parity.consumer_parity):
 # edge: edge_runtime's fit on the first interpreter installed (ai-edge-litert); mediapipe: MediaPipe Tasks'
 # (and the Task Library's) fit of the whole frame; tflite-runtime: edge_runtime's fit on tflite-runtime.
@@ -49,6 +50,10 @@ class Config:
     patience: int = 3
     augment: bool = False
     augment_views: int = 3
+    # fit: train on the photos as the resize policy fits them (what the devices see); both: also on a second
+    # fit of every training photo (the centre crop; MediaPipe's fit for the crop policy), so the model knows
+    # a photo however a consumer frames it
+    train_views: str = "fit"
     # stage 2: fine-tuning the top of the base
     fine_tune_from: str = "100"  # layer index into the base, or a layer name
     fine_tune_lr: float = 1e-5
@@ -208,6 +213,8 @@ def validate(cfg: Config) -> Config:
         bad(f"alpha {cfg.alpha} is not a MobileNetV2 width", f"use one of {', '.join(map(str, ALPHAS))}")
     if cfg.resize not in RESIZE_POLICIES:
         bad(f"resize policy {shown(cfg.resize)} is unknown", f"use one of {', '.join(RESIZE_POLICIES)}")
+    if cfg.train_views not in TRAIN_VIEWS:
+        bad(f"train views {shown(cfg.train_views)} is unknown", f"use one of {', '.join(TRAIN_VIEWS)}")
     try:
         sp = [float(x) for x in cfg.split]
     except (TypeError, ValueError):

@@ -50,6 +50,7 @@ class Dataset:
     notes: list = field(default_factory=list)
     test_is_val: bool = False
     hashes: dict = field(default_factory=dict)  # relpath -> sha256 of the file's bytes when it was decoded
+    views: object = None  # --train-views both: train.SecondViews of the training photos, made once
 
     def rows(self, split: str) -> np.ndarray:
         split = "val" if (split == "test" and self.test_is_val) else split

@@ -139,6 +139,95 @@ def augmented_features(extractor, images, rows, labels, cfg, batch_size: int = 6
     return np.concatenate(feats), np.asarray(labs, np.int64)
 
 
+def second_policy(policy: str) -> str:
+    """The second fit ``--train-views both`` trains on: the centre crop, or MediaPipe's fit for the crop
+    policy (the two ways consumers frame a photo: edge_runtime's crop, MediaPipe's and the Task Library's
+    whole frame)."""
+    return "mediapipe" if policy == "crop" else "crop"
+
+
+class SecondViews:
+    """``--train-views both``: every training photo decoded again and fitted by ``second_policy``, as rows
+    after the photo cache's (rows N.. of ``source``, indexed like the cache). ``alt[i]`` is the row of the
+    second view of the i-th training photo of ``rows``, -1 when that file changed since it was decoded or
+    cannot be read now (it keeps one view). The pixels are in an unnamed file (nothing is left behind)."""
+
+    def __init__(self, ds, cfg, folder=None):
+        import hashlib
+        import tempfile
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edge_runtime import preprocess
+
+        self.images, self.n = ds.images, len(ds.images)
+        self.rows = ds.rows("train")
+        self.policy = second_policy(ds.resize)
+        size = ds.image_size
+        entries = ds.files["train"]
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - open as long as the views are used
+        self.extra = np.memmap(self._file, np.uint8, "w+", shape=(max(len(entries), 1), size, size, 3))
+        self.alt = np.full(len(entries), -1, np.int64)
+
+        def one(entry):
+            rel = entry[0]
+            try:
+                data = preprocess.read_file(ds.data_dir / rel)
+                if ds.hashes.get(rel) not in (None, hashlib.sha256(data).hexdigest()):
+                    return None  # the file changed since it was decoded: its first view only
+                return preprocess.fit(preprocess.decode_image(data), size, self.policy)
+            except (OSError, ValueError, EdgetlError):
+                return None
+
+        k = 0
+        with ui.Progress(len(entries), f"second views ({self.policy})") as bar, \
+                ThreadPoolExecutor(data_mod.decode_workers()) as pool:
+            for i, px in enumerate(pool.map(one, entries, chunksize=8)):
+                if px is not None:
+                    self.extra[k] = px
+                    self.alt[i] = self.n + k
+                    k += 1
+                bar.update()
+        self.count = k
+        self.shape = (self.n + len(entries),) + tuple(ds.images.shape[1:])
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim == 0:
+            return self.images[rows] if rows < self.n else self.extra[rows - self.n]
+        out = np.empty((len(rows),) + self.shape[1:], np.uint8)
+        low = rows < self.n
+        if low.any():
+            out[low] = self.images[rows[low]]
+        if not low.all():
+            out[~low] = self.extra[rows[~low] - self.n]
+        return out
+
+    def matches(self, ds) -> bool:
+        """True while the training split is the one these views were made for."""
+        return ds.images is self.images and np.array_equal(self.rows, ds.rows("train"))
+
+    def close(self):
+        self._file.close()
+
+
+def second_views(ds, cfg, folder=None):
+    """The training photos' second views (``SecondViews``), made once per split; None unless
+    ``--train-views both``."""
+    if cfg.train_views != "both" or not len(ds.rows("train")):
+        return None
+    if getattr(ds.images, "distributed", False):
+        raise EdgetlError("--train-views both does not run on several workers yet",
+                          hint="leave out --train-views both, or build in one process")
+    if ds.views is None or not ds.views.matches(ds):
+        ds.views = SecondViews(ds, cfg, folder)
+    return ds.views
+
+
 PREFIX_SWITCH = "EDGETL_PREFIX_CACHE"  # "0": stage 2 always trains the whole graph on the photos (as before)
 
 
@@ -161,6 +250,7 @@ class PrefixCache:
         self._needed = []
         self._shapes = []
         self._record = 0
+        self._at = 0  # the next free record of the file
         self._slot = None
         self._fill_model = None
         self._models = {}
@@ -207,7 +297,7 @@ class PrefixCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._file = tempfile.TemporaryFile(dir=self.folder, buffering=0)  # noqa: SIM115 - open until close()
         self._lock = threading.Lock()
-        self.model, self._needed, self._shapes, self._record = model, needed, shapes, record
+        self.model, self._needed, self._shapes, self._record, self._at = model, needed, shapes, record, 0
         self._slot = np.full(max(len(ds.images), int(rows.max(initial=-1)) + 1), -1, np.int64)
         inner = keras.Model(base.inputs, needed + [base.output])
         outs = inner(model.get_layer("to_unit_range").output, training=False)
@@ -220,27 +310,38 @@ class PrefixCache:
         1's features, from the same pass)."""
         rows_first = np.asarray(rows_first, np.int64)
         rest = np.setdiff1d(_all_rows(ds), rows_first)  # sorted: test photos, then any other
-        rows = np.concatenate([rows_first, rest])
+        feats = self._write(ds.images, np.concatenate([rows_first, rest]), len(rows_first), desc, batch_size)
+        self.ready = True
+        return feats
+
+    def append(self, source, rows, desc: str, batch_size: int = 64) -> np.ndarray:
+        """Add the prefix's outputs for ``rows`` of ``source`` (rows after the photo cache's: the second
+        views of ``--train-views both``) to a filled cache; returns their pooled base features."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows.max() >= len(self._slot):
+            self._slot = np.concatenate([self._slot, np.full(int(rows.max()) + 1 - len(self._slot), -1, np.int64)])
+        return self._write(source, rows, len(rows), desc, batch_size)
+
+    def _write(self, images, rows, n_first: int, desc: str, batch_size: int) -> np.ndarray:
         feats = None
-        at = 0
         try:
             with ui.Progress(len(rows), desc) as bar:
                 for s in range(0, len(rows), batch_size):
                     chunk = rows[s : s + batch_size]
-                    x = ds.images[chunk].astype(np.float32)
+                    x = images[chunk].astype(np.float32)
                     if len(chunk) < batch_size and s > 0:
                         x = np.concatenate([x, np.zeros((batch_size - len(chunk),) + x.shape[1:], np.float32)])
                     outs = [np.asarray(o) for o in self._fill_model.predict_on_batch(x)]
                     block = np.concatenate([o[: len(chunk)].reshape(len(chunk), -1) for o in outs[:-1]], axis=1)
-                    self._file.seek(at * self._record)
+                    self._file.seek(self._at * self._record)
                     self._file.write(np.ascontiguousarray(block, np.float32).tobytes())
-                    self._slot[chunk] = np.arange(at, at + len(chunk))
-                    at += len(chunk)
+                    self._slot[chunk] = np.arange(self._at, self._at + len(chunk))
+                    self._at += len(chunk)
                     pooled = outs[-1][: len(chunk)]
-                    if s < len(rows_first):
+                    if s < n_first:
                         if feats is None:
-                            feats = np.empty((len(rows_first), pooled.shape[1]), np.float32)
-                        k = min(len(chunk), len(rows_first) - s)
+                            feats = np.empty((n_first, pooled.shape[1]), np.float32)
+                        k = min(len(chunk), n_first - s)
                         feats[s : s + k] = pooled[:k]
                     bar.update(len(chunk))
         except OSError as e:
@@ -250,8 +351,6 @@ class PrefixCache:
                                   f"({self._record * len(rows) / 2**20:.0f} MB)",
                                   hint="free some space, or choose --out on another disk") from None
             raise
-        self._fill_model = None
-        self.ready = True
         return feats if feats is not None else np.zeros((0, 0), np.float32)
 
     def has(self, rows, model=None) -> bool:
@@ -386,9 +485,17 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
         rows_tr, y_tr, rows_va, y_va = ds.rows("train"), ds.labels("train"), ds.rows("val"), ds.labels("val")
     pos = {int(r): i for i, r in enumerate(rows)}
     f_tr, f_va = feats[[pos[int(r)] for r in rows_tr]], feats[[pos[int(r)] for r in rows_va]]
+    y_photos = y_tr
     if cfg.augment:
         f_aug, y_aug = augmented_features(extractor, ds.images, rows_tr, y_tr, cfg)
         f_tr, y_tr = np.concatenate([f_tr, f_aug]), np.concatenate([y_tr, y_aug])
+    views = second_views(ds, cfg, run / "cache")
+    if views is not None:  # the head also learns every training photo as the other fit frames it
+        ok = views.alt >= 0
+        desc = f"base features, {views.policy} views"
+        f2 = (prefix.append(views, views.alt[ok], desc) if on_prefix
+              else extract_features(extractor, views, views.alt[ok], desc))
+        f_tr, y_tr = np.concatenate([f_tr, f2]), np.concatenate([y_tr, y_photos[ok]])
     t_feat = time.perf_counter() - t0
     outcome = {}
     history = fit_head(head, f_tr, y_tr, f_va, y_va, cfg, outcome=outcome)
@@ -399,6 +506,7 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
         "seconds": round(seconds, 2),
         "feature_seconds": round(t_feat, 2),
         "train_samples": len(y_tr),
+        **({"second_views": {"policy": views.policy, "photos": views.count}} if views is not None else {}),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
         **outcome,
     }
@@ -421,7 +529,10 @@ def _val_eval(model, ds, cfg, prefix=None):
     return float((probs.argmax(1) == y).mean()), loss
 
 
-def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
+def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool, alt=None):
+    """Batches of ``rows`` (photos, or the prefix's outputs). ``alt`` (``SecondViews.alt``): every epoch,
+    each photo that has a second view is shown in one of its two views, drawn (seeded) per epoch: the
+    model learns both fits at the cost of one."""
     _, keras = modeling.import_keras()
 
     class Batches(keras.utils.PyDataset):
@@ -430,6 +541,13 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
             self.rng = np.random.default_rng(cfg.seed)
             self.epoch = 0
             self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
+            self.cur = self._views()
+
+        def _views(self):
+            if alt is None:
+                return rows
+            other = (np.random.default_rng([cfg.seed, 2, self.epoch]).random(len(rows)) < 0.5) & (alt >= 0)
+            return np.where(other, alt, rows)
 
         def __len__(self):
             return (len(rows) + cfg.batch_size - 1) // cfg.batch_size
@@ -437,8 +555,8 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
         def __getitem__(self, i):
             idx = self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             if isinstance(images, PrefixCache):  # the prefix's outputs (one array per boundary tensor)
-                return tuple(images.read(rows[idx])), labels[idx]
-            x = images[rows[idx]]
+                return tuple(images.read(self.cur[idx])), labels[idx]
+            x = images[self.cur[idx]]
             if augment:
                 x = np.stack([data_mod.augment(np.asarray(im), np.random.default_rng([cfg.seed, self.epoch, int(r)]))
                               for im, r in zip(x, rows[idx])])
@@ -446,6 +564,7 @@ def _batch_source(images, rows, labels, cfg, shuffle: bool, augment: bool):
 
         def on_epoch_end(self):
             self.epoch += 1
+            self.cur = self._views()
             if shuffle:
                 self.order = self.rng.permutation(len(rows))
 
@@ -468,14 +587,18 @@ def fine_tune_fit(model, ds, cfg, outcome: dict | None = None, prefix=None):
                   metrics=["accuracy"])
     rows_tr, y_tr = ds.rows("train"), ds.labels("train")
     rows_va, y_va = ds.rows("val"), ds.labels("val")
-    cached = prefix is not None and not cfg.augment and prefix.has(np.concatenate([rows_tr, rows_va]), model)
-    fitted, source = (prefix.top_model(model, "fit"), prefix) if cached else (model, ds.images)
+    views = second_views(ds, cfg)  # made by stage 1 or stage2()
+    alt = views.alt if views is not None else None
+    need = np.concatenate([rows_tr, rows_va] + ([alt[alt >= 0]] if alt is not None else []))
+    cached = prefix is not None and not cfg.augment and prefix.has(need, model)
+    fitted, source = ((prefix.top_model(model, "fit"), prefix) if cached
+                      else (model, views if views is not None else ds.images))
     if cached:  # the same optimizer and loss, on the layers above the prefix (the same variables)
         ui.info(f"  stage 2 trains layers {first}+ on the cached outputs of the frozen layers below them")
         fitted.compile(optimizer=keras.optimizers.Adam(cfg.fine_tune_lr), loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"])
     keras.utils.set_random_seed(cfg.seed)
-    train_src = _batch_source(source, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment)
+    train_src = _batch_source(source, rows_tr, y_tr, cfg, shuffle=True, augment=cfg.augment, alt=alt)
     val_src = _batch_source(source, rows_va, y_va, cfg, shuffle=False, augment=False)
     es = _early_stopping(keras, cfg.fine_tune_patience)
     cbs = [c for c in (es, _progress("stage 2", cfg.fine_tune_epochs, len(val_src))) if c is not None]
@@ -527,8 +650,11 @@ def stage2(model, ds, cfg, prefix=None):
     if cfg.fine_tune_epochs == 0:
         return model, {"epochs": 0, "seconds": 0.0, "kept": "feature_extraction", "reason": "fine-tune-epochs is 0"}, {}
     base, _head, _ = modeling.parts(model)
+    views = second_views(ds, cfg, prefix.folder if prefix is not None else None)
     if prefix is not None and not prefix.ready and prefix.usable(ds, cfg) and prefix.start(model, ds, cfg):
         prefix.fill(ds, np.zeros(0, np.int64), "prefix of the base")
+    if views is not None and prefix is not None and prefix.ready and not prefix.has(views.alt[views.alt >= 0], model):
+        prefix.append(views, views.alt[views.alt >= 0], f"prefix of the base, {views.policy} views")
     acc1, loss1 = _val_eval(model, ds, cfg, prefix)
     stage1_weights = model.get_weights()
     outcome = {}
