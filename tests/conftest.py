@@ -148,8 +148,6 @@ def tiny_run(tmp_path_factory, tiny_data):
     if not HAVE_TF:
         pytest.skip("needs TensorFlow (pip install '.[train]')")
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    # A random-weight base quantizes far worse than an ImageNet one (agreement ~0.95 instead of ~0.996, see
-    # the README's figures), so the gates are relaxed here; test_build_gate_failure_exits_1 uses the defaults.
     proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--quantize", "int8", "--quantize", "float16",
                    "--quantize", "dynamic", "--quantize", "float32", *TINY_GATES,
                    mark_forks=True)
