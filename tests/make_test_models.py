@@ -84,9 +84,19 @@ def _calibration(n=16, size=96):
 FLOWERS_TRAIN_PER_CLASS = 12
 
 
+def _build(data: Path, run: Path, *flags):
+    """`edgetl build DATA --out RUN --force FLAGS`, gates open (these runs are fixtures, not gated), in a
+    process of this interpreter with this checkout first on the path."""
+    import subprocess
+
+    code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
+    subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(run), "--force", *flags,
+                    "--min-agreement", "0", "--max-drop", "100"], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+
+
 def _flowers_default(out: Path):
     """A real default build on a flowers10 subset (see the module docstring); nothing without ../shared."""
-    import subprocess
     import tempfile
 
     shared = Path(os.environ.get("EDGETL_SHARED", ROOT.parent / "shared"))
@@ -100,16 +110,12 @@ def _flowers_default(out: Path):
             (data / d.name).mkdir(parents=True)
             for f in sorted(d.iterdir())[:FLOWERS_TRAIN_PER_CLASS]:
                 (data / d.name / f.name).symlink_to(f)
-        code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
-        subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(out / "flowers_default"),
-                        "--force", "--image-size", "96", "--weights", str(weights), "--fine-tune-epochs", "0",
-                        "--min-agreement", "0", "--max-drop", "100"], check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+        _build(data, out / "flowers_default", "--image-size", "96", "--weights", str(weights),
+               "--fine-tune-epochs", "0")
 
 
 def _four_mode_run(out: Path):
     """A real `edgetl build` in every mode, on photos of conftest's tiny dataset (see the module docstring)."""
-    import subprocess
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,12 +123,8 @@ def _four_mode_run(out: Path):
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(Path(tmp) / "photos", per_class=10)
-        code = "import sys; from toolchain.cli import main; main(sys.argv[1:])"
         modes = [a for m in ("int8", "float16", "dynamic", "float32") for a in ("--quantize", m)]
-        subprocess.run([sys.executable, "-c", code, "build", str(data), "--out", str(out / "four_mode"), "--force",
-                        *TINY_TRAIN, "--fine-tune-epochs", "0", *modes, "--min-agreement", "0", "--max-drop", "100"],
-                       check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+        _build(data, out / "four_mode", *TINY_TRAIN, "--fine-tune-epochs", "0", *modes)
 
 
 def make_all(out: Path):
