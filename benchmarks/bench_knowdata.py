@@ -13,8 +13,17 @@ validation photos) the share answered `unknown` by edge_runtime (every model) an
 (every model it loads; `--mediapipe-python` an interpreter with mediapipe installed), and the flowers10
 test accuracy of each model with and without --unknown (edge_runtime, the same test photos).
 
-    python benchmarks/bench_knowdata.py [--part data|unknown|all] [--keep DIR] [--mediapipe-python PY]
+Part `flips` (after `data`, on its run; reused from --keep): how the label check does beyond the one
+corruption of part `data`. The base's pooled features of every photo of that run (its stage-1 model, the
+photos fitted by its policy, as the build computes them), the 5 moved photos given their true class back;
+then `--flips N` random corruptions (seeded): 5 photos of a random class relabelled as another random
+class, and edgetl's own label check (`toolchain.core.diagnose.label_issues`) on each. Prints how many of
+the 5 each finds, the share finding at least 4, and how many photos it lists; and, on the part-`data`
+corruption itself, the number found for five fold seeds.
+
+    python benchmarks/bench_knowdata.py [--part data|unknown|flips|all] [--keep DIR] [--mediapipe-python PY]
                                         [--seeds 42,1,2]   # the unknown part once per seed, and the mean
+                                        [--flips 30]
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import FLOWERS, SHARED, edgetl, imagenet_env, need_shared
 
 MOVE_FROM, MOVE_TO = "05_crocus", "03_lily_valley"
@@ -112,6 +122,49 @@ def part_data(work: Path, env):
     md = (work / "run_bad" / "report.md").read_text()
     ok = all((work / "run_bad" / t).is_file() and f"({t})" in md for t in thumbs)
     print(f"report.md: {len(thumbs)} thumbnails, all written and referenced: {ok}")
+
+
+def part_flips(work: Path, env, n_flips: int):
+    import numpy as np
+
+    from edge_runtime import preprocess
+    from toolchain.core import diagnose, modeling
+
+    run, data = work / "run_bad", work / "flowers_bad"
+    if not (run / "stage1.keras").is_file():
+        part_data(work, env)
+    print(f"== flips: the label check on {n_flips} random corruptions of 5 photos (features of {run})")
+    split = json.loads((run / "split.json").read_text())
+    classes = split["classes"]
+    items = [(rel, lab) for part in ("train", "val", "test") for rel, lab in split["files"].get(part, [])]
+    model = modeling.load(run / "stage1.keras")
+    _, keras = modeling.import_keras()
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
+    size = int(model.inputs[0].shape[1])
+    x = np.stack([preprocess.fit(preprocess.decode_image(data / rel), size, split.get("resize", "mediapipe"))
+                  for rel, _ in items])
+    feats = np.asarray(pooled.predict(x.astype(np.float32), batch_size=64, verbose=0))
+    y = np.array([lab for _, lab in items], np.int64)
+    moved = np.array([Path(rel).name.startswith("moved_") for rel, _ in items])
+    per_seed = []
+    for seed in (42, 0, 1, 2, 7):
+        found, _ = diagnose.label_issues(feats, y, len(classes), seed)
+        per_seed.append(sum(bool(moved[i]) for i, _, _ in found))
+    print(f"part-data corruption, moved photos found per fold seed 42, 0, 1, 2, 7: {per_seed}")
+    y0 = y.copy()
+    y0[moved] = classes.index(MOVE_FROM)
+    rng = np.random.default_rng(7)
+    found_n, listed_n = [], []
+    for _ in range(n_flips):
+        a, b = rng.choice(len(classes), 2, replace=False)
+        flip = rng.choice(np.nonzero(y0 == a)[0], 5, replace=False)
+        yy = y0.copy()
+        yy[flip] = b
+        found, _ = diagnose.label_issues(feats, yy, len(classes), 42)
+        found_n.append(len({i for i, _, _ in found} & set(flip.tolist())))
+        listed_n.append(len(found))
+    print(f"random flips: found {found_n}; mean {np.mean(found_n):.2f} of 5; at least 4 in "
+          f"{sum(f >= 4 for f in found_n)}/{n_flips}; photos listed: mean {np.mean(listed_n):.1f}")
 
 
 MP_CODE = r"""
@@ -201,7 +254,8 @@ def unknown_one_seed(work: Path, env, mp_python, other: Path, held: list, seed) 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("data", "unknown", "all"), default="all")
+    ap.add_argument("--part", choices=("data", "unknown", "flips", "all"), default="all")
+    ap.add_argument("--flips", type=int, default=30, help="flips part: how many random corruptions")
     ap.add_argument("--keep", default=None, help="keep the copies and runs here (default: a temp folder)")
     ap.add_argument("--mediapipe-python", default=None, help="a Python with mediapipe (MediaPipe Tasks check)")
     ap.add_argument("--seeds", default=None, help="unknown part: one pair of builds per --seed, e.g. 42,1,2 "
@@ -217,6 +271,8 @@ def main():
         if args.part in ("unknown", "all"):
             seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else (None,)
             part_unknown(work, env, args.mediapipe_python, seeds)
+        if args.part in ("flips", "all"):
+            part_flips(work, env, args.flips)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
