@@ -148,9 +148,10 @@ def second_policy(policy: str) -> str:
 
 class SecondViews:
     """``--train-views both``: every training photo decoded again and fitted by ``second_policy``, as rows
-    after the photo cache's (rows N.. of ``source``, indexed like the cache). ``alt[i]`` is the row of the
-    second view of the i-th training photo of ``rows``, -1 when that file changed since it was decoded or
-    cannot be read now (it keeps one view). The pixels are in an unnamed file (nothing is left behind)."""
+    after the photo cache's: indexed like the cache, rows 0..N-1 are the cache's, rows N.. the second
+    views. ``alt[i]`` is the row of the second view of the i-th training photo of ``rows``, -1 when that
+    file changed since it was decoded or cannot be read now (it keeps one view). The pixels are in an
+    unnamed file (nothing is left behind)."""
 
     def __init__(self, ds, cfg, folder=None):
         import hashlib
@@ -210,9 +211,6 @@ class SecondViews:
     def matches(self, ds) -> bool:
         """True while the training split is the one these views were made for."""
         return ds.images is self.images and np.array_equal(self.rows, ds.rows("train"))
-
-    def close(self):
-        self._file.close()
 
 
 def second_views(ds, cfg, folder=None):
