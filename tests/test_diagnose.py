@@ -110,6 +110,30 @@ def test_confident_learning_finds_every_flipped_label():
     assert diagnose.label_issues(feats, truth, 3, 0)[0] == []  # clean labels: no issue
 
 
+def test_out_of_fold_probabilities_are_averaged_over_several_fold_partitions():
+    """Repeated k-fold: the out-of-fold probabilities average REPEATS partitions, so which fold a photo
+    happened to be dealt into matters less: across fold seeds they vary about 1/sqrt(REPEATS) as much as
+    with one partition (the label check then finds the same photos whatever the seed; measured on flowers10
+    in benchmarks/bench_knowdata.py --part flips). Each row is still a probability distribution."""
+    pytest.importorskip("sklearn")
+    from toolchain.core import diagnose
+
+    assert diagnose.REPEATS >= 2
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 1, (3, 32))
+    feats = np.abs(np.concatenate([centres[c] + rng.normal(0, 1.5, (40, 32)) for c in range(3)])).astype(np.float32)
+    y = np.repeat(np.arange(3), 40)
+    spread = {}
+    for repeats in (1, diagnose.REPEATS):
+        p = np.stack([diagnose.out_of_fold(feats, y, 3, seed, repeats=repeats) for seed in range(8)])
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)  # float32 features
+        spread[repeats] = float(p.std(0).mean())
+    assert spread[diagnose.REPEATS] < 0.8 * spread[1], spread
+    # the default is the averaged one
+    np.testing.assert_array_equal(diagnose.out_of_fold(feats, y, 3, 4),
+                                  diagnose.out_of_fold(feats, y, 3, 4, repeats=diagnose.REPEATS))
+
+
 def test_label_issues_reach_the_report(known):
     """In a real build (a random-weight base at 96 px, whose features separate colours only roughly):
     the photos filed in the wrong folder are listed (at least one of the two: such weak features do not

@@ -10,8 +10,8 @@ before the head is trained:
   made, each group of near-duplicates is moved into one split (data.keep_groups_together) before training;
   a given split is reported, not changed.
 - **Likely label errors**: out-of-fold probabilities for every photo from k-fold heads on the features
-  (``FOLDS`` logistic-regression heads, scikit-learn), then confident learning (Northcutt et al., JAIR
-  2021) with cleanlab: the number of issues from the confident joint, the photos with the lowest
+  (``FOLDS`` logistic-regression heads, scikit-learn, averaged over ``REPEATS`` fold partitions), then
+  confident learning (Northcutt et al., JAIR 2021) with cleanlab: the number of issues from the confident joint, the photos with the lowest
   probability of their given label. Nothing is moved or deleted; the report says how to move one.
 
 After conversion (``after_parity``), the parity set's probabilities (Keras and every TFLite model) give the
@@ -40,6 +40,7 @@ NEAR_DUP = 0.95  # cosine similarity of the pooled features (flowers10: 90%-size
 NEAR_DUP_CENTRED = 0.90  # and once the mean feature is removed (0.96-0.98 for those copies)
 MAX_PAIRS = 2000  # pairs listed in report.json (all are counted and regrouped)
 FOLDS = 5
+REPEATS = 3  # fold partitions averaged (out_of_fold)
 SHOWN_ISSUES = 12  # label issues shown with thumbnails in report.md
 GALLERY = 60  # misclassified photos shown in report.md (all are in report.json)
 THUMB = 96  # thumbnail side, pixels
@@ -110,40 +111,46 @@ def _blas_one_thread():
         return contextlib.nullcontext()
 
 
-def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, folds: int = FOLDS) -> np.ndarray:
+def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, folds: int = FOLDS,
+                repeats: int = REPEATS) -> np.ndarray:
     """Out-of-fold probabilities (N, n_classes): each photo scored by a logistic-regression head trained on
-    the other folds (stratified: each class dealt round the folds in a seeded order). Features are scaled to
-    unit length (times 30). The heads are strongly regularised (C=0.3): a few mislabelled photos that look alike
-    (a burst moved into the wrong folder) then cannot vouch for each other across folds (measured on
-    flowers10 with 5 photos moved: 4 of 5 found with every fold seed tried, against 3 of 5 with C=10)."""
+    the other folds (stratified: each class dealt round the folds in a seeded order), averaged over
+    ``repeats`` such partitions (repeated k-fold; partition r seeded ``[seed, r]``). Features are scaled to
+    unit length (times 30). The heads are strongly regularised (C=0.3): a few mislabelled photos that look
+    alike (a burst moved into the wrong folder) then cannot vouch for each other across folds. One partition
+    leaves the outcome to the luck of the deal: on flowers10 with 5 crocus photos moved into lily_valley
+    (MediaPipe's fit), one partition finds 4 of the 5 for 12 of 20 fold seeds, three partitions for 16 of 20
+    (5: 17; `benchmarks/bench_knowdata.py --part flips`), at three times the cost (about 1.3 s for 800 photos)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     x = _unit(feats) * 30.0
     y = np.asarray(labels, np.int64)
-    fold = np.zeros(len(y), np.int64)
-    rng = np.random.default_rng(seed)
-    for c in range(n_classes):
-        idx = np.nonzero(y == c)[0]
-        rng.shuffle(idx)
-        fold[idx] = (np.arange(len(idx)) + c) % folds
     out = np.zeros((len(y), n_classes), np.float64)
     with _blas_one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for k in range(folds):
-            tr, te = fold != k, fold == k
-            if not te.any():
-                continue
-            present = np.unique(y[tr])
-            if len(present) < 2:
-                out[np.ix_(te, present)] = 1.0
-                continue
-            head = LogisticRegression(C=0.3, max_iter=100).fit(x[tr], y[tr])
-            out[np.ix_(te, head.classes_)] = head.predict_proba(x[te])
+        for r in range(repeats):
+            fold = np.zeros(len(y), np.int64)
+            rng = np.random.default_rng([seed, r])
+            for c in range(n_classes):
+                idx = np.nonzero(y == c)[0]
+                rng.shuffle(idx)
+                fold[idx] = (np.arange(len(idx)) + c) % folds
+            for k in range(folds):
+                tr, te = fold != k, fold == k
+                if not te.any():
+                    continue
+                present = np.unique(y[tr])
+                if len(present) < 2:
+                    out[np.ix_(te, present)] += 1.0
+                    continue
+                head = LogisticRegression(C=0.3, max_iter=100).fit(x[tr], y[tr])
+                out[np.ix_(te, head.classes_)] += head.predict_proba(x[te])
+    out /= repeats
     return out
 
 
-def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
+def label_issues(feats, labels, n_classes: int, seed: int, repeats: int = REPEATS) -> tuple:
     """(ranked [(index, suggested, score)], method note). Confident learning (cleanlab) on out-of-fold
     probabilities: the photos the confident joint counts as mislabelled, pruned by the estimated noise rate of
     each class pair (cleanlab's default, the paper's method), ranked by the out-of-fold probability of the
@@ -156,7 +163,7 @@ def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
     counts = np.bincount(y, minlength=n_classes)
     if len(y) < 2 * FOLDS or (counts > 0).sum() < 2:
         return [], "too few photos for a label check"
-    p = out_of_fold(feats, y, n_classes, seed)
+    p = out_of_fold(feats, y, n_classes, seed, repeats=repeats)
     try:
         # n_jobs=1: cleanlab's default (one process per core) forks a multiprocessing.Pool, and a fork of a
         # process running TensorFlow's threads can deadlock in the child (a lock held at the fork): the build
@@ -167,7 +174,8 @@ def label_issues(feats, labels, n_classes: int, seed: int) -> tuple:
         return [], f"cleanlab could not run ({str(e)[:200]})"
     found = [(int(i), int(np.argmax(p[i])), float(p[i, y[i]])) for i in idx]
     return found, (f"confident learning (cleanlab {getattr(cleanlab, '__version__', '?')}) on out-of-fold "
-                   f"probabilities of {FOLDS} logistic-regression heads on the base's features")
+                   f"probabilities of {FOLDS} logistic-regression heads on the base's features, averaged over "
+                   f"{repeats} fold partition(s)")
 
 
 # ------------------------------------------------------------------ thumbnails
