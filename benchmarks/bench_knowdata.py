@@ -147,14 +147,14 @@ def part_flips(work: Path, env, n_flips: int):
     feats = np.asarray(pooled.predict(x.astype(np.float32), batch_size=64, verbose=0))
     y = np.array([lab for _, lab in items], np.int64)
     moved = np.array([Path(rel).name.startswith("moved_") for rel, _ in items])
+    def moved_found(seed, repeats):
+        return sum(bool(moved[i]) for i, _, _ in diagnose.label_issues(feats, y, len(classes), seed, repeats)[0])
+
     for repeats in sorted({1, diagnose.REPEATS}):
-        per_seed = []
-        for seed in range(20):
-            found, _ = diagnose.label_issues(feats, y, len(classes), seed, repeats=repeats)
-            per_seed.append(sum(bool(moved[i]) for i, _, _ in found))
+        per_seed = [moved_found(seed, repeats) for seed in range(20)]
         print(f"part-data corruption, {repeats} fold partition(s): moved photos found per fold seed 0..19: "
               f"{per_seed}; at least 4 for {sum(f >= 4 for f in per_seed)}/20; fold seed 42 (the default): "
-              f"{sum(bool(moved[i]) for i, _, _ in diagnose.label_issues(feats, y, len(classes), 42, repeats)[0])}")
+              f"{moved_found(42, repeats)}")
     y0 = y.copy()
     y0[moved] = classes.index(MOVE_FROM)
     rng = np.random.default_rng(7)

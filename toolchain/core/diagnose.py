@@ -11,8 +11,8 @@ before the head is trained:
   a given split is reported, not changed.
 - **Likely label errors**: out-of-fold probabilities for every photo from k-fold heads on the features
   (``FOLDS`` logistic-regression heads, scikit-learn, averaged over ``REPEATS`` fold partitions), then
-  confident learning (Northcutt et al., JAIR 2021) with cleanlab: the number of issues from the confident joint, the photos with the lowest
-  probability of their given label. Nothing is moved or deleted; the report says how to move one.
+  confident learning (Northcutt et al., JAIR 2021) with cleanlab: the number of issues from the confident
+  joint, the photos with the lowest probability of their given label. Nothing is moved or deleted; the report says how to move one.
 
 After conversion (``after_parity``), the parity set's probabilities (Keras and every TFLite model) give the
 **misclassified photos**, and with ``--unknown``/``--min-score`` the **unknown** figures: the threshold
@@ -111,6 +111,16 @@ def _blas_one_thread():
         return contextlib.nullcontext()
 
 
+def _deal(y: np.ndarray, n_classes: int, folds: int, rng) -> np.ndarray:
+    """The fold of each photo: each class dealt round the folds in ``rng``'s order (stratified)."""
+    fold = np.zeros(len(y), np.int64)
+    for c in range(n_classes):
+        idx = np.nonzero(y == c)[0]
+        rng.shuffle(idx)
+        fold[idx] = (np.arange(len(idx)) + c) % folds
+    return fold
+
+
 def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, folds: int = FOLDS,
                 repeats: int = REPEATS) -> np.ndarray:
     """Out-of-fold probabilities (N, n_classes): each photo scored by a logistic-regression head trained on
@@ -130,12 +140,7 @@ def out_of_fold(feats: np.ndarray, labels: np.ndarray, n_classes: int, seed: int
     with _blas_one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for r in range(repeats):
-            fold = np.zeros(len(y), np.int64)
-            rng = np.random.default_rng([seed, r])
-            for c in range(n_classes):
-                idx = np.nonzero(y == c)[0]
-                rng.shuffle(idx)
-                fold[idx] = (np.arange(len(idx)) + c) % folds
+            fold = _deal(y, n_classes, folds, np.random.default_rng([seed, r]))
             for k in range(folds):
                 tr, te = fold != k, fold == k
                 if not te.any():
