@@ -45,11 +45,13 @@ def test_one_export_converts_every_mode_and_shares_the_calibration(tmp_path):
     assert np.max(np.abs(p32 - keras_p)) < 1e-5
     assert list(sigs) == ["serving_default"]  # the signature a conversion through a SavedModel gives
     for mode in ("float16", "dynamic"):
-        assert np.abs(_run(src.tflite(mode), x.astype(np.float32))[0] - keras_p).max() < 0.05
+        p, sigs = _run(src.tflite(mode), x.astype(np.float32))
+        assert np.abs(p - keras_p).max() < 0.05 and list(sigs) == ["serving_default"]
 
     calib = x[:30]
     q = src.tflite("int8", calib)
-    p8, _ = _run(q, x)
+    p8, sigs = _run(q, x)
+    assert sigs == {"serving_default": {"inputs": ["image"], "outputs": ["output_0"]}}  # kept by the quantizer
     assert p8.dtype == np.uint8 and (p8.astype(np.float32).argmax(1) == keras_p.argmax(1)).mean() >= 0.9
     (tmp_path / "q.tflite").write_bytes(q)
     convert.check_full_integer(tmp_path / "q.tflite")  # no operator left in float
