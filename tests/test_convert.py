@@ -43,7 +43,7 @@ def test_one_export_converts_every_mode_and_shares_the_calibration(tmp_path):
     keras_p = np.asarray(model.predict_on_batch(x.astype(np.float32)))
     p32, sigs = _run(src.tflite("float32"), x.astype(np.float32))
     assert np.max(np.abs(p32 - keras_p)) < 1e-5
-    assert list(sigs) == ["serving_default"]  # the signature a conversion through a SavedModel gives
+    assert list(sigs) == ["serving_default"]  # the signature a SavedModel conversion gives, written by _with_signature
     for mode in ("float16", "dynamic"):
         p, sigs = _run(src.tflite(mode), x.astype(np.float32))
         assert np.abs(p - keras_p).max() < 0.05 and list(sigs) == ["serving_default"]
