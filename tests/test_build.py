@@ -35,6 +35,8 @@ def test_build_exit_code_and_run_folder_contract(tiny_run):
     fe, ft = rep["stages"]["feature_extraction"], rep["stages"]["fine_tune"]
     assert fe["epochs"] >= 1 and fe["seconds"] > 0
     assert ft["epochs"] >= 1 and ft["seconds"] > 0 and ft["kept"] in ("fine_tune", "feature_extraction")
+    same = (run / "model.keras").read_bytes() == (run / "stage1.keras").read_bytes()
+    assert same == (ft["kept"] == "feature_extraction")  # stage 2 not kept: stage 1's file, copied
     for mode in MODES:
         t = rep["tflite"][mode]
         for key in ("path", "size_bytes", "test_accuracy", "accuracy_drop_pt", "agreement", "kl_mean",
@@ -323,3 +325,34 @@ def test_parity_rejects_mismatched_models(tiny_run, test_models):
     r = run_cli("parity", run / "model.keras", test_models / "logits_float.tflite", run, "--input-range", "-1,1",
                 "--labels", run / "labels.txt")
     assert r.returncode == 2 and "96x96" in r.stderr and "32x32" in r.stderr
+
+
+def test_final_model_is_copied_from_stage1_only_when_it_is_that_model(tmp_path):
+    """pipeline.save_final: stage1.keras is copied (not saved again) when it says the same about itself; a
+    stage1.keras with other info (another edgetl, other labels) is not, the model is saved."""
+    from types import SimpleNamespace
+
+    from toolchain.cfg import config
+    from toolchain.commands import pipeline
+    from toolchain.core import modeling
+
+    _, keras = modeling.import_keras()
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(inp))
+    ds = SimpleNamespace(classes=["a", "b"])
+    cfg = config.resolve(None, image_size=96)
+    stage1 = tmp_path / "stage1.keras"
+    modeling.save(model, stage1, pipeline.keras_info(ds, cfg))
+    sha = pipeline.save_final(model, tmp_path, ds, cfg, saved=stage1)
+    assert (tmp_path / "model.keras").read_bytes() == stage1.read_bytes()
+    assert sha == runfolder_sha(stage1)
+    other = SimpleNamespace(classes=["a", "c"])
+    pipeline.save_final(model, tmp_path, other, cfg, saved=stage1)
+    assert (tmp_path / "model.keras").read_bytes() != stage1.read_bytes()
+    assert modeling.read_info(tmp_path / "model.keras")["labels"] == ["a", "c"]
+
+
+def runfolder_sha(path):
+    from toolchain.rundir import runfolder
+
+    return runfolder.sha256_file(path)

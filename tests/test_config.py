@@ -12,7 +12,7 @@ def test_defaults():
     c = config.resolve(None)
     assert (c.alpha, c.image_size, c.weights, c.epochs, c.fine_tune_epochs) == (1.0, 160, "imagenet", 10, 5)
     assert c.fine_tune_from == "100" and c.fine_tune_lr == 1e-5 and c.split == [0.8, 0.1, 0.1]
-    assert c.quantize == ["int8", "float32"] and c.io == "uint8" and c.calibration_size == 100
+    assert c.quantize == ["int8", "float32"] and c.io == "uint8" and c.calibration_size == 50
 
 
 def test_toml_then_flags(tmp_path):

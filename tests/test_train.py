@@ -256,3 +256,39 @@ def test_train_views_both_in_stage_1_and_stage_2(small, tmp_path):
     on_prefix, on_photos = [np.asarray(w) for w in a.get_weights()], [np.asarray(w) for w in b.get_weights()]
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(start, on_prefix) if x.size) > 1e-5  # it trained
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(on_photos, on_prefix) if x.size) <= 1e-6
+
+
+def test_fit_traces_the_train_step_once_with_the_same_weights(monkeypatch):
+    """train._build_state creates the optimizer's and metrics' variables before fit: Keras would create them
+    while tracing the first step, and TensorFlow traces a function that created variables a second time.
+    The same seed gives the same weights both ways; the step is traced once instead of twice."""
+    from toolchain.cfg import config
+    from toolchain.core import modeling
+    from toolchain.core import train
+
+    _, keras = modeling.import_keras()
+
+    class Counting(keras.Model):
+        traces = 0
+
+        def train_step(self, data):  # Python runs only while the step is traced
+            Counting.traces += 1
+            return super().train_step(data)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 16)).astype(np.float32), rng.integers(0, 3, 40)
+    cfg = config.resolve(None, epochs=3, patience=0, batch_size=8, seed=4)
+
+    def fit():
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((16,))
+        head = Counting(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Dropout(0.2)(inp)))
+        Counting.traces = 0
+        train.fit_head(head, x[:32], y[:32], x[32:], y[32:], cfg)
+        return Counting.traces, head.get_weights()
+
+    traces, weights = fit()
+    monkeypatch.setattr(train, "_build_state", lambda *a: None)
+    traces_before, weights_before = fit()
+    assert (traces, traces_before) == (1, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, weights_before))

@@ -46,8 +46,14 @@ def keras_info(ds, cfg) -> dict:
             "value_range": [0.0, 255.0], "edgetl_version": __version__}
 
 
-def save_final(model, run: Path, ds, cfg) -> str:
-    runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp, keras_info(ds, cfg)))
+def save_final(model, run: Path, ds, cfg, saved: Path | None = None) -> str:
+    """RUN/model.keras; its sha256. ``saved``: a file of this very model (stage1.keras, when the model has the
+    stage-1 weights): copied when it carries the same info, not saved again (0.5 s of a 160-px build each)."""
+    info = keras_info(ds, cfg)
+    if saved is not None and modeling.read_info(saved) == {"format": "edgetl.keras", **info}:
+        runfolder.save_with(run / "model.keras", lambda tmp: shutil.copyfile(saved, tmp))
+    else:
+        runfolder.save_with(run / "model.keras", lambda tmp: modeling.save(model, tmp, info))
     return runfolder.sha256_file(run / "model.keras")
 
 
@@ -139,7 +145,7 @@ def _train_into(run: Path, data_dir, cfg, base, weights, t0: float, ctx, prefix=
     ev = train.evaluate(model, ds, cfg, prefix)
     rep = {}
     if ctx.chief:
-        sha = save_final(model, run, ds, cfg)
+        sha = save_final(model, run, ds, cfg, saved=run / "stage1.keras")  # what stage 1 just saved
         rep = runfolder.update_report(
             run,
             **dataset_section(ds),
@@ -162,8 +168,8 @@ def _finetune_into(run: Path, cfg, model, ds, rep: dict, ctx, prefix=None) -> tu
     t0 = time.perf_counter()
     model, section, history = train.stage2(model, ds, cfg, prefix)
     ev = train.evaluate(model, ds, cfg, prefix)
-    if ctx.chief:
-        sha = save_final(model, run, ds, cfg)
+    if ctx.chief:  # stage 2 not kept: the model has stage 1's weights again (stage1.keras)
+        sha = save_final(model, run, ds, cfg, saved=run / "stage1.keras" if section["kept"] != "fine_tune" else None)
         hist = dict(rep.get("history") or {})
         hist["fine_tune"] = clean_history(history)
         stages = dict(rep.get("stages") or {})
