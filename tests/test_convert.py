@@ -59,3 +59,19 @@ def test_one_export_converts_every_mode_and_shares_the_calibration(tmp_path):
     # mirrored views calibrated after the photos give the model calibrated on both at once
     both = np.concatenate([calib, calib[:, :, ::-1]])
     assert src.tflite("int8", calib, flips=True) == convert.Exported(model).tflite("int8", both)
+
+
+def test_the_traced_function_converts_to_the_bytes_of_the_frozen_graph():
+    """Exported converts the traced function and lets the converter freeze it (it freezes a graph frozen
+    beforehand again): the flatbuffer is byte for byte the one of the graph frozen first."""
+    from tensorflow.python.framework import convert_to_constants
+
+    from toolchain.core import convert
+    from toolchain.core import modeling
+
+    tf = modeling.import_keras()[0]
+    model = _tiny_model()
+    src = convert.Exported(model)
+    frozen = convert_to_constants.convert_variables_to_constants_v2(src.graph)
+    flat = bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+    assert src.tflite("float32") == convert._with_signature(flat, model.inputs[0].name)
