@@ -134,6 +134,28 @@ def test_out_of_fold_probabilities_are_averaged_over_several_fold_partitions():
                                   diagnose.out_of_fold(feats, y, 3, 4, repeats=diagnose.REPEATS))
 
 
+def test_out_of_fold_heads_fitted_side_by_side_give_the_sequential_figures():
+    """out_of_fold fits its heads two at a time (threads): the probabilities are exactly those of fitting
+    them one after another, fold by fold, as written out here."""
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    from toolchain.core import diagnose
+
+    rng = np.random.default_rng(9)
+    feats = np.abs(rng.normal(0, 1, (90, 24))).astype(np.float32)
+    y = np.repeat(np.arange(3), 30)
+    x = diagnose._unit(feats) * 30.0
+    want = np.zeros((90, 3))
+    for r in range(diagnose.REPEATS):
+        fold = diagnose._deal(y, 3, diagnose.FOLDS, np.random.default_rng([6, r]))
+        for k in range(diagnose.FOLDS):
+            tr, te = fold != k, fold == k
+            head = LogisticRegression(C=0.3, max_iter=100).fit(x[tr], y[tr])
+            want[np.ix_(te, head.classes_)] += head.predict_proba(x[te])
+    np.testing.assert_array_equal(diagnose.out_of_fold(feats, y, 3, 6), want / diagnose.REPEATS)
+
+
 def test_label_issues_reach_the_report(known):
     """In a real build (a random-weight base at 96 px, whose features separate colours only roughly):
     the photos filed in the wrong folder are listed (at least one of the two: such weak features do not
