@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import requires_tf, write_dataset
@@ -292,3 +294,38 @@ def test_fit_traces_the_train_step_once_with_the_same_weights(monkeypatch):
     traces_before, weights_before = fit()
     assert (traces, traces_before) == (1, 2)
     assert all(np.array_equal(a, b) for a, b in zip(weights, weights_before))
+
+
+@pytest.mark.parametrize("on_prefix", [True, False])
+def test_stage2_pipeline_feeds_what_keras_fed(small, tmp_path, monkeypatch, on_prefix):
+    """train._dataset (one-thread tf.data, no autotuning) replaces Keras' own wrapping of the batch source,
+    whose autotuned prefetch made random epochs twice as long: stage 2 gives the very weights and history
+    of fit() on the batch source itself (the same batches in the same order, epoch after epoch), on the
+    cached prefix and on the photos."""
+    from toolchain.core import modeling
+    from toolchain.core import train
+
+    run, ds, cfg = small
+    if not (run / "stage1.keras").is_file():
+        train.stage1(ds, cfg, run)
+    from toolchain.cfg import config
+
+    cfg2 = config.resolve(None, base=cfg.as_dict(), fine_tune_epochs=3)
+
+    def stage2(to_dataset):
+        monkeypatch.setattr(train, "_dataset", to_dataset)
+        model = modeling.load(run / "stage1.keras")
+        prefix = train.PrefixCache(tmp_path / f"prefix-{len(os.listdir(tmp_path))}")
+        try:
+            if on_prefix:
+                assert prefix.start(model, ds, cfg2)
+                prefix.fill(ds, np.zeros(0, np.int64), "prefix")
+            _, hist = train.fine_tune_fit(model, ds, cfg2, prefix=prefix if on_prefix else None)
+        finally:
+            prefix.close()
+        return [np.asarray(w) for w in model.get_weights()], hist
+
+    ours = stage2(train._dataset)
+    keras_own = stage2(lambda src, shuffle: src)  # the PyDataset as fit() took it before
+    assert ours[1] == keras_own[1] and len(ours[1]["loss"]) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(ours[0], keras_own[0]))
