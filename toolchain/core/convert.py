@@ -135,8 +135,8 @@ class Exported:
 
 def _with_signature(flat: bytes, input_name: str) -> bytes:
     """``flat`` with the signature a conversion through a SavedModel writes: ``serving_default``, the
-    model's input name, ``output_0`` (LiteRT's ``get_signature_runner`` and ai-edge-quantizer need one; the
-    frozen-graph conversion writes none). The int8 quantizer keeps it."""
+    model's input name, ``output_0`` (LiteRT's ``get_signature_runner`` and ai-edge-quantizer need one; a
+    conversion of the concrete function alone writes none). The int8 quantizer keeps it."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
