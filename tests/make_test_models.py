@@ -154,7 +154,7 @@ def make_all(out: Path):
     m.save(out / "logits_float.keras")
 
     # an edgetl model, three ways
-    cfg = config.resolve(None, alpha=0.35, image_size=96, weights="none", seed=3)
+    cfg = config.resolve(None, alpha=0.35, image_size=96, central_fraction=1.0, weights="none", seed=3)  # a 96-px input
     model, _extractor, base, _head, _ = modeling.build(len(LABELS), cfg)
     calib = _calibration()
     modeling.calibrate_batchnorm(base, calib.astype(np.float32) / 127.5 - 1.0)

@@ -101,7 +101,7 @@ def test_metadata_roundtrip_without_tensorflow(tiny_run, tiny_data):
     meta = d["meta"]
     rep = json.loads((run / "report.json").read_text())
     assert d["labels"] == ["blue", "green", "red"] == meta["labels"] and d["direct"]
-    assert meta["input"]["size"] == [96, 96] and meta["input"]["color"] == "RGB" and meta["input"]["resize"] == "mediapipe"
+    assert meta["input"]["size"] == [120, 120] and meta["input"]["color"] == "RGB" and meta["input"]["resize"] == "mediapipe"
     assert d["resize"] == "mediapipe" and "MediaPipe" in meta["input"]["interpolation"]  # the default policy
     assert meta["input"]["value_range"] == [0.0, 255.0] and meta["input"]["quantization"] == {"scale": 1.0,
                                                                                               "zero_point": 0}
@@ -126,6 +126,43 @@ def test_tflite_predictions_match_parity_figures(tiny_run, tmp_path):
     probs = clf.run_tensors([np.asarray(ds.images[r]) for r in ds.rows("test")])
     acc = float((probs.argmax(1) == ds.labels("test")).mean())
     assert acc == pytest.approx(rep["tflite"]["int8"]["test_accuracy"], abs=1e-4)
+
+
+def test_every_model_sees_the_centre_of_the_whole_frame_it_is_fed(tiny_run, tiny_data):
+    """The default build's models take the whole frame at 96 / 0.8 = 120 px and keep its central 96 px inside
+    the graph: pixels of the 12-px border change nothing, in the Keras model and in every TFLite model on the
+    real interpreter, while the centre decides. So a consumer that fits the whole frame (MediaPipe, the Task
+    Library) gets the crop's zoom from the model itself."""
+    from toolchain.core import modeling
+
+    run, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["config"]["central_fraction"] == 0.8 and "central 96 px of a 120-px input" in (run / "report.md").read_text()
+    from edge_runtime import preprocess
+
+    rng = np.random.default_rng(0)
+    photos = [sorted((tiny_data / c).iterdir())[i] for c, i in (("blue", 0), ("green", 1), ("red", 2), ("green", 3))]
+    px = np.stack([preprocess.load_image(p, (120, 120)) for p in photos])  # real JPEGs, the default fit
+    noisy = px.copy()
+    border = np.ones((120, 120), bool)
+    border[12:108, 12:108] = False
+    noisy[:, border] = rng.integers(0, 256, (4, int(border.sum()), 3), dtype=np.uint8)  # another scene around it
+    centre = px.copy()
+    centre[:, 12:108, 12:108] = px[[2, 0, 1, 2], 12:108, 12:108]  # the same border around other centres
+    keras = modeling.load(run / "model.keras")
+    assert tuple(keras.inputs[0].shape[1:]) == (120, 120, 3)
+    k = [keras.predict(x.astype(np.float32), verbose=0) for x in (px, noisy, centre)]
+    np.testing.assert_allclose(k[0], k[1], atol=1e-6)
+    assert np.abs(k[0] - k[2]).max() > 1e-3  # the centre decides
+    for mode in MODES:
+        clf = Classifier(run / f"model_{mode}.tflite", num_threads=1)
+        assert clf.input_size == (120, 120), mode
+        out = [clf.run_tensors([clf.from_pixels(p) for p in x]) for x in (px, noisy, centre)]
+        np.testing.assert_array_equal(out[0], out[1], err_msg=mode)  # bit for bit: the border never enters
+        assert np.abs(out[0] - out[2]).max() > 1e-3, mode
+        ops = model_mod.load(run / f"model_{mode}.tflite", num_threads=1).op_counts()
+        assert ops.get("STRIDED_SLICE", 0) + ops.get("SLICE", 0) == 1, (mode, ops)  # the crop, a slice: no resampling
 
 
 def test_force_protection(tiny_run, tiny_data):
@@ -324,7 +361,7 @@ def test_parity_rejects_mismatched_models(tiny_run, test_models):
     assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("parity", run / "model.keras", test_models / "logits_float.tflite", run, "--input-range", "-1,1",
                 "--labels", run / "labels.txt")
-    assert r.returncode == 2 and "96x96" in r.stderr and "32x32" in r.stderr
+    assert r.returncode == 2 and "120x120" in r.stderr and "32x32" in r.stderr
 
 
 def test_final_model_is_copied_from_stage1_only_when_it_is_that_model(tmp_path):

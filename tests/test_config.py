@@ -57,3 +57,21 @@ def test_bad_toml(tmp_path):
         config.resolve(f)
     with pytest.raises(EdgetlError, match="not found"):
         config.resolve(tmp_path / "none.toml")
+
+
+def test_the_model_input_holds_the_central_fraction_the_network_sees():
+    c = config.resolve(None)
+    assert c.central_fraction == 0.8 and (c.crop_margin(), c.input_size()) == (20, 200)
+    sizes = {s: config.resolve(None, image_size=s).input_size() for s in config.IMAGE_SIZES}
+    assert sizes == {96: 120, 128: 160, 160: 200, 192: 240, 224: 280}
+    assert config.resolve(None, central_fraction=1).input_size() == 160  # no crop layer: the whole input
+    assert config.resolve(None, image_size=224, central_fraction=0.875).input_size() == 256  # ImageNet's eval crop
+    for bad in (0.3, 1.5, 0):
+        with pytest.raises(EdgetlError, match="central-fraction"):
+            config.resolve(None, central_fraction=bad)
+    # a run recorded before the option: its model sees its whole input, and a later command keeps that
+    old = {k: v for k, v in config.resolve(None).as_dict().items() if k != "central_fraction"}
+    assert config.resolve(None, base=old).input_size() == 160
+    assert config.resolve(None, base=config.resolve(None).as_dict()).input_size() == 200
+    assert config.input_text({"image_size": 160, "central_fraction": 0.8}) == "the central 160 px of a 200-px input"
+    assert config.input_text({"image_size": 96}) == "96 px"

@@ -53,7 +53,7 @@ def test_build_records_split_and_cache(tmp_path):
     assert (run / "labels.txt").read_text().split() == ["blue", "green", "red"]
     # the cache holds exactly the runtime's preprocessing of each photo
     rel, _label, row = ds.files["test"][0]
-    np.testing.assert_array_equal(ds.images[row], preprocess.load_image(photos / rel, (96, 96)))
+    np.testing.assert_array_equal(ds.images[row], preprocess.load_image(photos / rel, (120, 120)))  # 96 / 0.8
     assert isinstance(ds.images, np.memmap)
     again = data.load(run)
     assert again.files == ds.files and again.classes == ds.classes

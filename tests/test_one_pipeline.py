@@ -50,11 +50,11 @@ def _weights(path: Path) -> list:
 
 @requires_tf
 def test_one_process_model_is_the_model_of_before_the_redesign(tiny_data, tmp_path):
-    # the code before the redesign knew only the crop default: the model of today is built with it too
-    # (the default is now the "mediapipe" policy, which feeds other pixels)
+    # the code before the redesign knew only the crop default and the whole input: the model of today is built
+    # with them too (the default is now the "mediapipe" policy and the central 0.8, which feed other pixels)
     run = tmp_path / "new-run"
-    proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--resize", "crop", "--quantize", "float32",
-                   "--min-agreement", "0", "--max-drop", "100")
+    proc = run_cli("build", tiny_data, "--out", run, *TINY_FLAGS, "--resize", "crop", "--central-fraction", "1",
+                   "--quantize", "float32", "--min-agreement", "0", "--max-drop", "100")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads((run / "report.json").read_text())
     assert rep["stages"]["fine_tune"]["on_cached_prefix"] is True  # the cached path, against the graph path

@@ -201,7 +201,7 @@ def test_second_views_are_the_other_fit_of_each_training_photo(tmp_path):
     views = train.second_views(ds, cfg, tmp_path / "views")
     assert views.alt[0] == -1 and views.count == len(train_files) - 1
     for i, (rel, _, row) in enumerate(train_files[1:4], start=1):
-        want = preprocess.fit(preprocess.decode_image(preprocess.read_file(photos / rel)), 96, "crop")
+        want = preprocess.fit(preprocess.decode_image(preprocess.read_file(photos / rel)), cfg.input_size(), "crop")
         np.testing.assert_array_equal(views[[views.alt[i]]][0], want)
         np.testing.assert_array_equal(views[[row]][0], ds.images[row])  # the first view: the cache's
         assert not np.array_equal(want, ds.images[row])
@@ -257,7 +257,14 @@ def test_train_views_both_in_stage_1_and_stage_2(small, tmp_path):
     assert outcome["on_cached_prefix"] is False
     on_prefix, on_photos = [np.asarray(w) for w in a.get_weights()], [np.asarray(w) for w in b.get_weights()]
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(start, on_prefix) if x.size) > 1e-5  # it trained
-    assert max(float(np.max(np.abs(x - y))) for x, y in zip(on_photos, on_prefix) if x.size) <= 1e-6
+    # the same model both ways. Not bit for bit: the convolutions' float rounding differs between the two graphs
+    # by CPU, and Adam turns a rounding difference on a weight whose gradient is all but zero into up to a
+    # whole step (about the learning rate, 1e-5) there; the answers show it is the same training
+    x = np.asarray(ds.images[ds.rows("train")], np.float32)
+    p0 = modeling.load(run / "stage1.keras").predict(x, verbose=0)
+    pa, pb = a.predict(x, verbose=0), b.predict(x, verbose=0)
+    assert np.abs(pa - p0).max() > 0.01  # stage 2 moved the probabilities (0.13 measured) ...
+    assert np.abs(pa - pb).max() <= 1e-3  # ... and both ways alike (3.5e-5 measured)
 
 
 def test_fit_traces_the_train_step_once_with_the_same_weights(monkeypatch):

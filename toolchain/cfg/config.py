@@ -34,7 +34,11 @@ CONSUMERS = ("edge", "mediapipe", "tflite-runtime")
 class Config:
     # model
     alpha: float = 1.0
-    image_size: int = 160
+    image_size: int = 160  # what the network sees (MobileNetV2's resolution)
+    # the model's input is image_size / central_fraction on each side, and its first layer keeps the central
+    # image_size: every consumer (MediaPipe and the Task Library fit the whole frame) gives the network the
+    # photo's centre, zoomed as a centre crop would (BENCHMARKS.md, "The centre, in the model")
+    central_fraction: float = 0.8
     weights: str = "imagenet"  # imagenet | none | PATH to a Keras .h5 for the base (no top)
     head_units: int = 128
     dropout: float = 0.2
@@ -75,8 +79,31 @@ class Config:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def crop_margin(self) -> int:
+        """Pixels the model's first layer drops on each side of its input."""
+        return crop_margin(self.image_size, self.central_fraction)
+
+    def input_size(self) -> int:
+        """The side of the model's input: what every consumer resizes a photo to."""
+        return self.image_size + 2 * self.crop_margin()
+
+
+def crop_margin(image_size: int, central_fraction: float) -> int:
+    return int(round(image_size * (1.0 / central_fraction - 1.0) / 2.0))
+
+
+def input_text(cfg: dict) -> str:
+    """``160 px`` or ``the central 160 px of a 200-px input``, from a run's recorded config."""
+    size, frac = cfg.get("image_size"), cfg.get("central_fraction", 1.0)
+    if not isinstance(size, int) or not isinstance(frac, (int, float)) or not 0.5 <= frac <= 1:
+        return f"{size} px"
+    m = crop_margin(size, frac)
+    return f"the central {size} px of a {size + 2 * m}-px input" if m else f"{size} px"
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# what the stage-1 model and the run's data were made with: `finetune` keeps them
+STAGE1_KEYS = ("alpha", "image_size", "central_fraction", "weights", "head_units", "dropout", "resize", "split")
 
 
 def toml_name(name: str) -> str:
@@ -116,6 +143,7 @@ RANGES = {
     "fine_tune_lr": Range(0, 10, integer=False, lo_open=True),
     "max_drop": Range(0, 100, integer=False), "min_agreement": Range(0, 1, integer=False),
     "min_score": Range(0, 1, integer=False, hi_open=True),
+    "central_fraction": Range(0.5, 1, integer=False),
     # options of the command line only
     "threads": Range(1, 1024), "top_k": Range(1, 100000), "smooth": Range(1, 100000),
     "max_frames": Range(1, 2**31 - 1), "runs": Range(1, 1000000), "warmup": Range(0, 1000000),
@@ -312,6 +340,8 @@ def read_toml(path) -> dict:
 def resolve(config_file=None, base: dict | None = None, **flags) -> Config:
     """Defaults < ``base`` (e.g. a run's recorded config) < TOML file < flags that are not None."""
     values = {}
+    if isinstance(base, dict) and "central_fraction" not in base:
+        base = {**base, "central_fraction": 1.0}  # a run recorded before the option: its model sees the whole input
     for source in (base or {}, read_toml(config_file) if config_file else {}):
         for k, v in source.items():
             if k in FIELDS:

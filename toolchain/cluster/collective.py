@@ -489,7 +489,7 @@ def build_dataset(data_dir, run_dir: Path, cfg, ctx: Context, write_run: bool):
         raise EdgetlError(f"{', '.join(ctx.cluster.label(r) for r in differ)} see(s) a different data folder than "
                           f"the chief ({len(all_files)} files here)",
                           hint="every worker must read the same data folder (a shared filesystem, or identical copies)")
-    n, size = len(all_files), cfg.image_size
+    n, size = len(all_files), cfg.input_size()
     mine = list(range(ctx.rank, n, ctx.n))
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)

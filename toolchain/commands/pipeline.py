@@ -42,7 +42,7 @@ def now() -> str:
 
 def keras_info(ds, cfg) -> dict:
     """What a model.keras carries about itself (see modeling.save)."""
-    return {"labels": list(ds.classes), "image_size": [cfg.image_size, cfg.image_size], "resize": cfg.resize,
+    return {"labels": list(ds.classes), "image_size": [cfg.input_size(), cfg.input_size()], "resize": cfg.resize,
             "value_range": [0.0, 255.0], "edgetl_version": __version__}
 
 

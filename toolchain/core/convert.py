@@ -548,7 +548,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
         # into another folder (dest): the run is only read, so a missing photo cache is rebuilt elsewhere
         ds = data_mod.load(run, rebuild_into=data_mod.scratch_cache() if dest is not None else None)
     labels = ds.classes
-    size = (cfg.image_size, cfg.image_size)
+    size = (cfg.input_size(), cfg.input_size())
     keras_sha = runfolder.sha256_file(run / "model.keras")
     if calibration is not None:
         calib, calib_desc = calibration, "train split"

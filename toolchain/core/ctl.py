@@ -73,7 +73,7 @@ def fine_tune_fit(model, ds, cfg):
 
     rows_tr, y_tr = ds.rows("train"), ds.labels("train")
     epochs = cfg.fine_tune_epochs
-    size = cfg.image_size
+    size = cfg.input_size()
     rank, n_local = ctx.rank, ctx.n_local
     owner = images.owner
 

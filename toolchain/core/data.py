@@ -422,7 +422,7 @@ def build(data_dir, run_dir, cfg) -> Dataset:
     n = len(all_files)
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    size = cfg.image_size
+    size = cfg.input_size()
     tmp = cache_dir / "images.u8.tmp"
     images = create_cache(tmp, (max(n, 1), size, size, 3))
     ok_rows, hashes = {}, {}

@@ -1,10 +1,13 @@
 """The Keras model: raw 0-255 RGB in, class probabilities out.
 
-    image (S, S, 3) float, 0..255  ->  Rescaling to [-1, 1]  ->  MobileNetV2 base (include_top=False,
+    image (I, I, 3) float, 0..255  ->  Cropping2D to the central (S, S) (I = S / central_fraction; no layer
+    when the fraction is 1)  ->  Rescaling to [-1, 1]  ->  MobileNetV2 base (S x S, include_top=False,
     called with training=False)  ->  GlobalAveragePooling2D  ->  head: Dropout -> Dense(head_units, relu)
     -> Dense(classes, softmax)
 
-Pixel scaling lives inside the model, so every consumer feeds raw pixels. Two classes get a two-way
+Pixel scaling and the central crop live inside the model, so every consumer feeds the raw pixels of the whole
+frame, fitted to the input as it likes (MediaPipe and the Task Library squash it), and the network still sees
+the photo's centre. Two classes get a two-way
 softmax (not one sigmoid unit): every model has one probability per label, top-k works the same for
 any number of classes, and the labels file always has one line per output.
 """
@@ -21,6 +24,7 @@ from toolchain.rundir.runfolder import sha256_file
 
 TRAIN_HINT = 'pip install "edgetl[train]"   (from a clone: pip install ".[train]")'
 BASE_NAME = "mobilenetv2_base"
+CROP_NAME = "central_crop"
 
 
 def import_keras():
@@ -119,12 +123,13 @@ def build(num_classes: int, cfg, base=None, weights_info=None):
     """(model, extractor, base, head, weights_info). ``extractor`` maps images to pooled features and
     shares its layers with ``model``. ``base``: one made beforehand by ``make_base``."""
     keras = import_keras()[1]
-    S = cfg.image_size
+    size, margin = cfg.input_size(), cfg.crop_margin()
     if base is None:
         base, weights_info = make_base(cfg)
     base.trainable = False
-    inputs = keras.Input((S, S, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Cropping2D(margin, name=CROP_NAME)(inputs) if margin else inputs
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(x)
     x = base(x, training=False)  # BatchNorm always in inference mode
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     extractor = keras.Model(inputs, pooled, name="extractor")

@@ -478,7 +478,8 @@ def stage1(ds, cfg, run: Path, base=None, weights_info=None, info: dict | None =
     if weights_info.get("source") == "none":
         rng = np.random.default_rng(cfg.seed)
         pick = np.sort(rng.choice(rows_tr, size=min(128, len(rows_tr)), replace=False))
-        batch = ds.images[pick].astype(np.float32) / 127.5 - 1.0
+        m = cfg.crop_margin()
+        batch = ds.images[pick][:, m : ds.image_size - m, m : ds.image_size - m].astype(np.float32) / 127.5 - 1.0
         modeling.calibrate_batchnorm(base, batch)
         weights_info["note"] = (f"random initialisation; BatchNorm statistics set from {len(pick)} training photos "
                                 "(otherwise a random base gives constant features)")
