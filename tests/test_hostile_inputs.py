@@ -198,7 +198,7 @@ SPLIT_DAMAGE = {
     "path-absolute": (lambda d: d["files"]["test"][0].__setitem__(0, "/etc/passwd"),
                       "must be a path inside the data folder"),
     "path-twice": (lambda d: d["files"]["val"].append(d["files"]["train"][0]), "again (already in train)"),
-    "image-size": (lambda d: d.update(image_size=97), "image_size must be one of 96, 128"),
+    "image-size": (lambda d: d.update(image_size=97), "image_size must be 120 (the model's input"),
     "resize": (lambda d: d.update(resize="stretch"), "resize must be one of"),
     "no-val": (lambda d: d["files"].pop("val"), "files has no val split"),
     "unknown-split": (lambda d: d["files"].update(extra=[["red/red_01.jpg", 2]]), "has the key 'extra'"),
@@ -232,6 +232,25 @@ def test_damaged_run_json_is_refused_naming_the_field(case, run_copy):
     r = run_cli("finetune", run_copy, "--force", block_tf=True, timeout=60)
     assert_user_error(r, f"{run_copy}/{name} is damaged", phrase, "--force")
     assert snapshot(run_copy.parent) == before
+
+
+@requires_tf
+@pytest.mark.parametrize("line", ["central-fraction = 1.0", "image-size = 128", "resize = \"crop\""])
+def test_finetune_refuses_a_config_file_that_changes_the_stage1_model(line, run_copy, tmp_path):
+    """A config file that set the model's input (or its framing) for finetune used to be recorded in report.json
+    while the stage-1 model kept its own: a run whose report lied about its model, refused as damaged by the
+    next command. Now: exit 2 before TensorFlow, naming the key, and nothing changes."""
+    toml = tmp_path / "shared.toml"
+    toml.write_text(f"{line}\nfine-tune-epochs = 1\n")
+    before = snapshot(run_copy.parent)
+    r = run_cli("finetune", run_copy, "--force", "--config", toml, block_tf=True, timeout=60)
+    key = line.split(" ")[0].replace("-", "_")
+    assert_user_error(r, f"{toml} sets {key} = ", f"but {run_copy} was built with", "edgetl build")
+    assert snapshot(run_copy.parent) == before
+    same = json.loads((run_copy / "report.json").read_text())["config"]
+    toml.write_text(f"image-size = {same['image_size']}\nfine-tune-epochs = 1\n")  # the run's own value: accepted
+    assert_user_error(run_cli("finetune", run_copy, "--force", "--config", toml, block_tf=True, timeout=60),
+                      "TensorFlow")
 
 
 @requires_tf

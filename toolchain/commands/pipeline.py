@@ -229,7 +229,7 @@ def do_train(data_dir, out, cfg, force: bool, dist=None, devices=None) -> Path |
 def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -> tuple:
     """Everything `finetune` checks before any work (with the lock held): (report, config, split)."""
     runfolder.check_existing(run)
-    split = data_mod.read_split(run)  # both files checked whole: a damaged one fails before TensorFlow loads
+    split = schema.check_run(run)  # both files checked whole: a damaged one fails before TensorFlow loads
     rep = schema.read_report(run, split["data_dir"])
     if not rep or "stages" not in rep:
         raise EdgetlError(f"{run} is not a trained edgetl run (no report.json with stage 1)",
@@ -237,6 +237,14 @@ def finetune_checks(run: Path, cfg_flags: dict, force: bool, config_file=None) -
     if "fine_tune" in rep["stages"] and not force:
         raise EdgetlError(f"{run} is already fine-tuned", hint="pass --force to fine-tune again from the stage-1 model")
     cfg = config_mod.resolve(config_file, base=rep.get("config"), **cfg_flags)
+    built = config_mod.resolve(None, base=rep.get("config"))
+    changed = [k for k in config_mod.STAGE1_KEYS if getattr(cfg, k) != getattr(built, k)]
+    if changed:  # only a config file can say so (finetune has no such flags): the stage-1 model fixes them
+        k = changed[0]
+        raise EdgetlError(f"{config_file} sets {k} = {getattr(cfg, k)!r}, but {run} was built with "
+                          f"{getattr(built, k)!r}: fine-tuning keeps the stage-1 model and its data as they are",
+                          hint=f"leave {', '.join(changed)} out of the file for finetune, or make a new run with "
+                               f"them: edgetl build DATA_DIR --config {config_file} --out NEW_RUN")
     train.check_run_for_finetune(run)
     return rep, cfg, split
 

@@ -289,8 +289,6 @@ def split_shape(doc):
     """The shape of split.json (labels must index ``classes``, so the shape depends on the document)."""
     from edge_runtime.preprocess import RESIZE_POLICIES
 
-    from toolchain.cfg.config import IMAGE_SIZES
-
     n = len(doc["classes"]) if isinstance(doc, dict) and isinstance(doc.get("classes"), list) else 0
     entry = pair(_relpath_or_under(doc.get("unknown_dir") if isinstance(doc, dict) else None),
                  integer(0, max(n - 1, 0)))
@@ -301,7 +299,7 @@ def split_shape(doc):
         "fractions": nullable(list_of(number(0, 1), 2, 3)),
         "classes": list_of(text(nonempty=True, line=True), min_len=2, unique=True, what="a list of class names"),
         "test_is_val": boolean(),
-        "image_size": choice(*IMAGE_SIZES),
+        "image_size": integer(1, 4096),  # the side of the cached photos: the model's input
         "resize": choice(*RESIZE_POLICIES),
         "files": dict_of(list_of(entry, min_len=1), keys=SPLITS),
         "skipped": list_of(obj({"path": text(), "reason": text()}, required=("path", "reason"))),
@@ -411,5 +409,14 @@ def check_run(run) -> dict:
     """Every JSON file of a run a command relies on (split.json, report.json), checked whole before any
     work. Returns split.json."""
     split = read_split(run)
-    read_report(run, split.get("data_dir"))
+    rep = read_report(run, split.get("data_dir"))
+    cfg = rep.get("config")
+    if isinstance(cfg, dict) and "image_size" in cfg:  # the config was checked whole: it resolves
+        from toolchain.cfg import config
+
+        size = config.resolve(None, base=cfg).input_size()
+        if split["image_size"] != size:
+            raise EdgetlError(f"{user_path(run_file(Path(run), 'split.json'))} is damaged: image_size must be {size} "
+                              f"(the model's input, from report.json's config), not {split['image_size']}",
+                              hint=rebuild_hint(run, split.get("data_dir")))
     return split
