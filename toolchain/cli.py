@@ -70,7 +70,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 # ------------------------------------------------------------------ shared options
 # Training options default to None: "not given", so --config and a run's recorded config can apply.
 Alpha = typer.Option(None, "--alpha", metavar="WIDTH", help="MobileNetV2 width: 0.35, 0.5, 0.75, 1.0 (default), 1.3, 1.4.")
-ImageSize = typer.Option(None, "--image-size", metavar="PX", help="Input size: 96, 128, 160 (default), 192, 224.")
+ImageSize = typer.Option(None, "--image-size", metavar="PX", help="What the network sees: 96, 128, 160 (default), 192, 224.")
+CentralFraction = typer.Option(None, "--central-fraction", metavar="F", help="The network sees the central F of each side of the model's input (default 0.8: a 200-px input at 160; 1: the whole input). Inside the model, so every consumer gets it.")
 Weights = typer.Option(None, "--weights", metavar="SOURCE", help="imagenet (default), none, or the path of a no-top .h5 file.")
 HeadUnits = typer.Option(None, "--head-units", metavar="N", help="Units of the head's hidden Dense layer (default 128).")
 Dropout = typer.Option(None, "--dropout", metavar="RATE", help="Dropout before the head (default 0.2).")
@@ -211,6 +212,7 @@ def build(
     config: Optional[Path] = ConfigFile,
     alpha: Optional[float] = Alpha,
     image_size: Optional[int] = ImageSize,
+    central_fraction: Optional[float] = CentralFraction,
     weights: Optional[str] = Weights,
     head_units: Optional[int] = HeadUnits,
     dropout: Optional[float] = Dropout,
@@ -245,7 +247,7 @@ def build(
     from toolchain.cfg import config as config_mod
     from toolchain.commands import pipeline
 
-    flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
+    flags = _train_flags(alpha=alpha, image_size=image_size, central_fraction=central_fraction, weights=weights, head_units=head_units, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment, train_views=train_views,
                          fine_tune_from=fine_tune_from, fine_tune_lr=fine_tune_lr, fine_tune_epochs=fine_tune_epochs,
                          split=split, seed=seed, resize=resize, strict=strict, quantize=quantize,
@@ -266,6 +268,7 @@ def train(
     config: Optional[Path] = ConfigFile,
     alpha: Optional[float] = Alpha,
     image_size: Optional[int] = ImageSize,
+    central_fraction: Optional[float] = CentralFraction,
     weights: Optional[str] = Weights,
     head_units: Optional[int] = HeadUnits,
     dropout: Optional[float] = Dropout,
@@ -289,7 +292,7 @@ def train(
     from toolchain.cfg import config as config_mod
     from toolchain.commands import pipeline
 
-    flags = _train_flags(alpha=alpha, image_size=image_size, weights=weights, head_units=head_units, dropout=dropout,
+    flags = _train_flags(alpha=alpha, image_size=image_size, central_fraction=central_fraction, weights=weights, head_units=head_units, dropout=dropout,
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment, train_views=train_views,
                          split=split, seed=seed, resize=resize, strict=strict, unknown=_unknown_flag(unknown))
     cfg = config_mod.resolve(config, **flags)

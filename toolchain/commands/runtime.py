@@ -288,8 +288,10 @@ def info_run(run, as_json: bool, backend=None):
                           "min_score": min_score,
                           "choice": choice.as_dict() if choice else None, "cache": str(choose.cache_file())}))
         return
-    print(f"run        {run}: {len(classes)} classes, MobileNetV2 alpha {cfg.get('alpha')} at "
-          f"{cfg.get('image_size')} px, status {rep.get('status')}")
+    from toolchain.cfg.config import input_text
+
+    print(f"run        {run}: {len(classes)} classes, MobileNetV2 alpha {cfg.get('alpha')} on "
+          f"{input_text(cfg)}, status {rep.get('status')}")
     if classes:
         print(f"labels     {_fmt_labels(classes)}")
     rows = []

@@ -12,6 +12,7 @@ from pathlib import Path
 from toolchain.rundir import runfolder
 from toolchain import ui
 from toolchain.core import metrics
+from toolchain.cfg import config
 from toolchain.core import diagnose
 from toolchain.core.data import printable
 
@@ -360,7 +361,7 @@ def write(run: Path, rep: dict, name: str | None = None):
     cfg = rep.get("config") or {}
     lines = [f"# edgetl run report: {name or run.name}", ""]
     lines += [f"- data: `{rep.get('data_dir')}` ({len(classes)} classes)",
-              f"- model: MobileNetV2 alpha {cfg.get('alpha')}, {cfg.get('image_size')} px, weights "
+              f"- model: MobileNetV2 alpha {cfg.get('alpha')}, {config.input_text(cfg)}, weights "
               f"{(rep.get('weights') or {}).get('source')}, resize `{cfg.get('resize')}`",
               f"- edgetl {rep.get('edgetl_version')}, created {rep.get('created')}, status **{rep.get('status')}**",
               ""]
