@@ -6,10 +6,15 @@ int8 + float32).
     python benchmarks/bench_consumers.py [--out DIR] [--datasets flowers10,hotdog] [--variants crop,squash,mpfit]
         [--mediapipe-python PY] [--tasklib-python PY] [--json FILE] [--seed S | --seeds 42,1,2,...]
 
-Variants (one `edgetl build` each, run one at a time, reused when DIR already holds them):
+Variants (one `edgetl build` each, run one at a time, reused when DIR already holds them; ``squash``, ``mpfit``,
+``both``, ``views`` and ``mpfit_aug`` are built with ``--central-fraction 1``, as when they were measured):
 - ``default``: edgetl's default build (the ``mediapipe`` policy: MediaPipe's fit in training, parity and the
   runtime);
-- ``crop``: ``--resize crop`` (centre crop, area-averaging downscale; the default before ``mediapipe``);
+- ``crop``: ``--resize crop --central-fraction 1`` (centre crop, area-averaging downscale, the network sees the
+  whole input: the default before ``mediapipe``, the accuracy issue 14 measures against);
+- ``whole``: ``--central-fraction 1`` (the ``mediapipe`` policy with the network seeing the whole frame: the
+  default before the central crop moved into the model);
+- ``cropc``: ``--resize crop`` (the centre crop, then the model's own central crop);
 - ``squash``: ``--resize squash`` (the whole frame, but edgetl's area-averaging sampling);
 - ``mpfit``: trained on MediaPipe's exact fit. Every photo is first fitted to 160x160 by
   ``edge_runtime.preprocess.fit_like_mediapipe`` (MediaPipe's arithmetic) and written as a lossless PNG
@@ -57,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, SHARED, edgetl, imagenet_env, need_shared
 
 DATASETS = {"flowers10": SHARED / "datasets" / "flowers10", "hotdog": SHARED / "datasets" / "hotdog"}
-VARIANTS = ("default", "crop", "squash", "mpfit", "both", "views", "mpfit_aug")
+VARIANTS = ("default", "crop", "whole", "cropc", "squash", "mpfit", "both", "views", "mpfit_aug")
 MODES = ("int8", "float32")
 SIZE = 160
 
@@ -128,8 +133,10 @@ def build(out: Path, name: str, data: Path, variant: str, seed: int | None = Non
     else:
         src = data
     args = ["build", src, "--out", run, "--alpha", "1.0", "--image-size", str(SIZE), "--weights", "imagenet",
-            "--force"] + {"crop": ["--resize", "crop"], "default": [],
-                      "views": ["--train-views", "both"]}.get(variant, ["--resize", "squash"]) + \
+            "--force"] + {"crop": ["--resize", "crop", "--central-fraction", "1"], "default": [],
+                      "whole": ["--central-fraction", "1"], "cropc": ["--resize", "crop"],
+                      "views": ["--train-views", "both", "--central-fraction", "1"]}.get(
+                          variant, ["--resize", "squash", "--central-fraction", "1"]) + \
         (["--seed", str(seed)] if seed is not None else []) + (["--augment"] if variant == "mpfit_aug" else [])
     for m in MODES:
         args += ["--quantize", m]

@@ -3,15 +3,21 @@ when fine-tuning is not kept) trained and tested on photos framed each way, on c
 
     python benchmarks/bench_framing.py [--datasets flowers10,hotdog] [--seeds 20] [--out FILE]
 
-Every photo is decoded once and framed three ways at 160 px: ``mp`` (MediaPipe Tasks' fit of the whole frame,
-``fit_like_mediapipe``, what a phone app feeds), ``crop`` (edgetl's centre crop) and ``mp_flip``/``crop_flip``
-(the same, mirrored). The MobileNetV2 1.0 base (ImageNet weights, inference mode) gives each its pooled
-features, once. Then, per seed, one head per variant (``modeling.make_head`` and ``train.fit_head`` at edgetl's
+Every photo is decoded once and framed these ways at 160 px: ``mp`` (MediaPipe Tasks' fit of the whole frame,
+``fit_like_mediapipe``, what a phone app feeds), ``crop`` (edgetl's centre crop), ``pad`` (letterboxed: the whole
+frame, undistorted), ``mpc`` (MediaPipe's fit to 200 px, then its central 160: what the default model's network
+sees, ``--central-fraction 0.8``), ``cropc`` (the centre crop at 200 px, then its central 160: ``--resize crop``
+with the default fraction) and ``mp_flip``/``crop_flip`` (mirrored). The MobileNetV2 1.0 base (ImageNet
+weights, inference mode) gives each its pooled features, once. Then, per seed, one head per variant (``modeling.make_head`` and ``train.fit_head`` at edgetl's
 defaults: early stopping on validation loss, best weights restored) is trained on the variant's training
 views and counted on the test photos framed as the variant says:
 
-- ``crop``: trained and tested on the centre crop (edgetl's measure of a ``--resize crop`` model);
-- ``mp``: trained and tested on MediaPipe's fit (the default policy: what edgetl measures and the phone sees);
+- ``crop``: trained and tested on the centre crop (edgetl's measure of a ``--resize crop
+  --central-fraction 1`` model, the default before ``mediapipe``);
+- ``mpc``: the default (MediaPipe's fit, the model's central crop), trained and tested on it: what edgetl
+  measures and what the phone sees;
+- ``cropc``, ``pad``: trained and tested on those views;
+- ``mp``: trained and tested on MediaPipe's fit of the whole frame (``--central-fraction 1``);
 - ``crop>mp``: a crop-trained head tested on MediaPipe's fit (what a phone gets from a crop model);
 - ``mp+crop``: trained on both views of every training photo (``--train-views both``'s stage 1), tested on
   MediaPipe's fit;
@@ -41,8 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import SHARED, imagenet_env, need_shared
 
 SIZE = 160
+MARGIN = 20  # the default model's crop at 160 px: a 200-px input, its central 160 (--central-fraction 0.8)
 VARIANTS = {  # name: (training views, validation view, test view)
     "crop": (("crop",), "crop", "crop"),
+    "mpc": (("mpc",), "mpc", "mpc"),
+    "cropc": (("cropc",), "cropc", "cropc"),
+    "pad": (("pad",), "pad", "pad"),
     "mp": (("mp",), "mp", "mp"),
     "crop>mp": (("crop",), "crop", "mp"),
     "mp+crop": (("mp", "crop"), "mp", "mp"),
@@ -71,11 +81,15 @@ def features(items: list, cfg, n_classes: int) -> dict:
     from toolchain.core import modeling
 
     _, extractor, *_ = modeling.build(n_classes, cfg)
-    views = {"mp": [], "crop": []}
+    views = {"mp": [], "crop": [], "mpc": [], "cropc": [], "pad": []}
+    big, m = SIZE + 2 * MARGIN, slice(MARGIN, SIZE + MARGIN)
     for path, _, _ in items:
         img = preprocess.decode_image(path)
         views["mp"].append(preprocess.fit_like_mediapipe(img, (SIZE, SIZE)))
         views["crop"].append(preprocess.fit(img, (SIZE, SIZE), "crop"))
+        views["mpc"].append(preprocess.fit_like_mediapipe(img, (big, big))[m, m])
+        views["cropc"].append(preprocess.fit(img, (big, big), "crop")[m, m])
+        views["pad"].append(preprocess.fit(img, (SIZE, SIZE), "pad"))
     out = {}
     for k, v in views.items():
         x = np.stack(v).astype(np.float32)
@@ -115,7 +129,7 @@ def main():
     for name in [d for d in args.datasets.split(",") if d]:
         items, classes = photos(SHARED / "datasets" / name)
         y = np.array([it[1] for it in items])
-        cfg = config.resolve(None, alpha=1.0, image_size=SIZE, weights="imagenet")
+        cfg = config.resolve(None, alpha=1.0, image_size=SIZE, central_fraction=1.0, weights="imagenet")
         t = time.perf_counter()
         feats = features(items, cfg, len(classes))
         print(f"{name}: {len(items)} photos, features of 4 framings in {time.perf_counter() - t:.0f} s", flush=True)
