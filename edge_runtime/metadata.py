@@ -900,11 +900,17 @@ def standard_from_edgetl(meta: dict, structure: dict, labels_name: str = LABELS_
     resize = inp.get("resize", "crop")
     ds = meta.get("dataset") or {}
     n_classes = len(meta.get("labels") or [])
+    cc = inp.get("central_crop")
+    if not (isinstance(cc, list) and len(cc) == 2 and all(_is_int(x) and 0 < x for x in cc)
+            and list(cc) != list(size)):
+        cc = None
     desc = (f"Image classifier made by edgetl (MobileNetV2 transfer learning), {meta.get('mode', '?')} TFLite, "
             f"{n_classes} classes" + (f", trained on {ds['total']} photos" if _is_int(ds.get("total")) else "")
             + f". Trained on photos resized with the '{resize}' policy"
             + (" (the whole frame, fitted exactly as MediaPipe Tasks fit it)" if resize == "mediapipe" else
-               " (MediaPipe fits the whole frame instead; edge_runtime applies this policy)") + ".")
+               " (MediaPipe fits the whole frame instead; edge_runtime applies this policy)") + "."
+            + (f" The network sees the central {cc[0]}x{cc[1]} pixels of the {size[0]}x{size[1]} input (a crop inside "
+               "the graph): feed the whole frame." if cc else ""))
     return {
         "name": f"edgetl image classifier ({meta.get('mode', 'tflite')})",
         "description": desc,

@@ -161,8 +161,12 @@ def test_every_model_sees_the_centre_of_the_whole_frame_it_is_fed(tiny_run, tiny
         out = [clf.run_tensors([clf.from_pixels(p) for p in x]) for x in (px, noisy, centre)]
         np.testing.assert_array_equal(out[0], out[1], err_msg=mode)  # bit for bit: the border never enters
         assert np.abs(out[0] - out[2]).max() > 1e-3, mode
-        ops = model_mod.load(run / f"model_{mode}.tflite", num_threads=1).op_counts()
+        loaded = model_mod.load(run / f"model_{mode}.tflite", num_threads=1)
+        ops = loaded.op_counts()
         assert ops.get("STRIDED_SLICE", 0) + ops.get("SLICE", 0) == 1, (mode, ops)  # the crop, a slice: no resampling
+        # both metadata say so: edgetl's (input.central_crop) and the standard description apps show
+        assert loaded.meta["input"]["size"] == [120, 120] and loaded.meta["input"]["central_crop"] == [96, 96], mode
+        assert "central 96x96 pixels of the 120x120 input" in loaded.standard["description"], mode
 
 
 def test_force_protection(tiny_run, tiny_data):

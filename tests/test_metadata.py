@@ -97,6 +97,8 @@ def test_every_mode_carries_both_forms(test_models, name):
     assert meta["tflite_metadata"] == "edgetl" and meta["labels"] == LABELS
     assert std["author"] == "edgetl" and std["version"] == __version__ and std["min_parser_version"] == "1.0.0"
     assert mode in std["name"] and std["description"]
+    # these models see their whole input (--central-fraction 1): neither metadata claims a crop
+    assert "central_crop" not in meta["input"] and "central" not in std["description"]
     si, so = std["input"], std["output"]
     assert si["content"] == "ImageProperties" and si["color_space"] == "RGB"
     assert si["normalization"] == {"mean": [0.0], "std": [1.0]}  # raw 0..255 pixels: scaling is in the graph

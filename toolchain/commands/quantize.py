@@ -132,7 +132,8 @@ def _quantize_model(path: Path, flags, calibration, out, labels, input_range, re
                                     value_range=value_range, calibration=calib if mode == "int8" else None,
                                     io=cfg.io, keras_sha=keras_sha, dataset=dataset, evalset=evalset,
                                     max_drop=cfg.max_drop, min_agreement=cfg.min_agreement,
-                                    log_dir=None, consumers=cfg.consumers)
+                                    log_dir=None, consumers=cfg.consumers,
+                                    central=modeling.central_size(model))
             r["out"] = str(target)
             results[mode] = r
             ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, agreement {r.get('agreement')}"

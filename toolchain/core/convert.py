@@ -213,7 +213,8 @@ def check_full_integer(path: Path, trusted: bool = True):
 
 
 def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, keras_sha: str, dataset: dict,
-                  parity_figures: dict | None, io: str, min_score: float | None = None) -> dict:
+                  parity_figures: dict | None, io: str, min_score: float | None = None, central=None) -> dict:
+    """``central``: [h, w] the network sees when the graph keeps the centre of its input (None: all of it)."""
     inp, out = loaded.input, loaded.output
     extra = {"min_score": float(min_score)} if min_score else {}  # below it, the answer is "unknown"
     return {**extra,
@@ -230,6 +231,9 @@ def make_metadata(loaded, mode: str, labels, size, resize: str, value_range, ker
             "color": "RGB",
             "layout": "NHWC",
             "resize": resize,
+            **({"central_crop": [int(central[0]), int(central[1])],
+                "central_crop_note": "the graph keeps the central central_crop pixels of its input: feed the whole frame"}
+               if central else {}),
             "interpolation": preprocess.interpolation(resize),
             "value_range": [float(value_range[0]), float(value_range[1])],
             "value_range_note": "the model expects pixel 0 -> value_range[0], 255 -> value_range[1]",
@@ -276,7 +280,7 @@ class EvalSet:
 
 def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value_range, calibration, io,
                 keras_sha, dataset, evalset: EvalSet | None, max_drop, min_agreement, log_dir: Path | None,
-                min_score: float | None = None, consumers=None) -> dict:
+                min_score: float | None = None, consumers=None, central=None) -> dict:
     """Convert, check, measure parity and latency, embed metadata, write ``out_path`` atomically.
     ``log_dir``: where the converter's log goes (a run's logs/); None: nowhere (shown if it fails)."""
     io_used = io if mode == "int8" else "float32"
@@ -290,7 +294,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
     def draft(flat_bytes):
         """Write ``flat_bytes`` with draft metadata to tmp (the runtime needs it to feed the model)."""
         meta = make_metadata(_load_bytes(flat_bytes, tmp), mode, labels, size, resize, value_range, keras_sha,
-                             dataset, None, io_used, min_score)
+                             dataset, None, io_used, min_score, central)
         tmp.write_bytes(meta_mod.embed(flat_bytes, meta))
 
     try:
@@ -351,7 +355,7 @@ def convert_one(model, mode: str, out_path: Path, *, labels, size, resize, value
                                                                 "tflite_accuracy", "reason") if k in f}
                                      for c, f in per.items()}}
         final = meta_mod.embed(flat, make_metadata(loaded, mode, labels, size, resize, value_range, keras_sha,
-                                                   dataset, figures, io_used, min_score))
+                                                   dataset, figures, io_used, min_score, central))
         runfolder.write_bytes(out_path, final)
         result["path"] = out_path.name
         result["size_bytes"] = len(final)
@@ -587,7 +591,7 @@ def quantize_run(run: Path, cfg, model=None, ds=None, modes=None, calibration_di
                         value_range=(0.0, 255.0), calibration=calib if mode == "int8" else None, io=cfg.io,
                         keras_sha=keras_sha, dataset=summary, evalset=evalset, max_drop=cfg.max_drop,
                         min_agreement=cfg.min_agreement, log_dir=None if dest is not None else target / "logs",
-                        min_score=min_score, consumers=cfg.consumers)
+                        min_score=min_score, consumers=cfg.consumers, central=modeling.central_size(model))
         results[mode] = r
         ui.info(f"  {mode}: {r['size_bytes'] / 1e6:.2f} MB, {r['precision']}, converted in {r['convert_seconds']:.1f}s; "
                 f"parity on {r.get('n')} photos: drop {r.get('accuracy_drop_pt')} pt, agreement {r.get('agreement')}; "

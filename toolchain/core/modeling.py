@@ -119,6 +119,17 @@ def make_head(dim: int, num_classes: int, cfg):
     return keras.Model(inp, out, name="head")
 
 
+def central_size(model) -> list | None:
+    """[height, width] the network sees when the model crops its input's centre (its ``central_crop`` layer),
+    else None. Read from the model itself, so a bare ``model.keras`` tells it too."""
+    try:
+        layer = model.get_layer(CROP_NAME)
+    except ValueError:
+        return None
+    shape = layer.output.shape
+    return [int(shape[1]), int(shape[2])]
+
+
 def build(num_classes: int, cfg, base=None, weights_info=None):
     """(model, extractor, base, head, weights_info). ``extractor`` maps images to pooled features and
     shares its layers with ``model``. ``base``: one made beforehand by ``make_base``."""
